@@ -1,0 +1,3 @@
+from stream_detector.cli import main
+
+raise SystemExit(main())
