@@ -1,0 +1,189 @@
+"""The detector core for one partition: reports and time in, scores and alerts out.
+
+Everything a partition needs lives here (open buckets, its event clock, the
+reporter filter, one model per series, open incidents), so a partition's
+state can move between processes as one piece. Nothing here knows Kafka,
+asyncio or HTTP; `backtest` and the Kafka shell drive the same object.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+from stream_detector.core.buckets import BucketCounter, BucketCounts
+from stream_detector.core.events import decode_report
+from stream_detector.core.incidents import IncidentPolicy, IncidentTracker, SeriesKey
+from stream_detector.core.models import ModelFactory, SeriesModel, model_factory
+from stream_detector.core.reporters import ReporterFilter
+from stream_detector.core.watermark import EventClock
+
+ACCEPTED = "accepted"
+LATE = "late"
+DUPLICATE = "duplicate"
+INVALID = "invalid"
+OUTCOMES = (ACCEPTED, INVALID, LATE, DUPLICATE)
+
+
+@dataclass(frozen=True)
+class DetectorConfig:
+    bucket_ms: int = 60_000
+    lateness_ms: int = 10_000
+    """How late a report may arrive, in event time, and still count."""
+    idle_timeout_ms: int = 30_000
+    """Wall time without new event time after which event time follows the wall clock."""
+    model: str = "ewma"
+    regions: bool = True
+    """Also score every (service, region) series, so regional outages surface."""
+    policy: IncidentPolicy = field(default_factory=IncidentPolicy)
+
+
+class SeriesScore(NamedTuple):
+    service: str
+    region: str | None
+    reports: int
+    expected: float
+    spread: float
+    score: float
+    severity: str | None
+    """Severity of the open incident on this series, None when there is none."""
+
+
+class ClosedBucket(NamedTuple):
+    start_ms: int
+    counts: BucketCounts
+    scores: list[SeriesScore]
+    alerts: list[dict]
+
+
+class PartitionDetector:
+    """Counts, scores and tracks incidents for the services of one partition."""
+
+    def __init__(self, config: DetectorConfig, factory: ModelFactory | None = None):
+        self.config = config
+        self.factory = factory or model_factory(config.model)
+        self.counter = BucketCounter(config.bucket_ms)
+        self.clock = EventClock(config.lateness_ms, config.idle_timeout_ms)
+        self.reporters = ReporterFilter()
+        self.incidents = IncidentTracker(config.policy)
+        self.models: dict[SeriesKey, SeriesModel] = {}
+        self.last_bucket_ms: dict[SeriesKey, int] = {}
+        # Start of the oldest bucket not closed yet; None until the first close.
+        self.next_close_ms: int | None = None
+
+    def add(self, raw: bytes, wall_ms: int | None = None) -> str:
+        """Count one message value; raises `InvalidReport` for anything that is not a report."""
+        service, ts_ms, region, problem, reporter = decode_report(raw)
+        width = self.config.bucket_ms
+        start = ts_ms - ts_ms % width
+        clock = self.clock
+        # Late by event time alone (deterministic for a given message order), or
+        # late because the wall clock already closed its bucket while the
+        # partition was quiet.
+        max_event_ms = clock.max_event_ms
+        if max_event_ms is not None and start + width <= max_event_ms - clock.lateness_ms:
+            return LATE
+        if self.next_close_ms is not None and start < self.next_close_ms:
+            return LATE
+        if reporter is not None and not self.reporters.first_in_hour(service, reporter, ts_ms):
+            return DUPLICATE
+        self.counter.add(service, ts_ms, region, problem)
+        clock.observe(ts_ms, wall_ms if wall_ms is not None else 0)
+        return ACCEPTED
+
+    def advance(self, wall_ms: int | None = None) -> list[ClosedBucket]:
+        """Close every bucket the watermark has passed, oldest first, and score it."""
+        watermark = self.clock.watermark(wall_ms)
+        if watermark is None:
+            return []
+        return self._close_until(watermark)
+
+    def flush(self) -> list[ClosedBucket]:
+        """Close everything still open, as at the end of an input file."""
+        last = self.counter.earliest()
+        if last is None:
+            return []
+        end = max(self.counter.open) + self.config.bucket_ms
+        # Keep stepping until open incidents have seen their calm buckets too.
+        end += self.config.bucket_ms * self.config.policy.calm_buckets
+        return self._close_until(end)
+
+    def _close_until(self, watermark: int) -> list[ClosedBucket]:
+        width = self.config.bucket_ms
+        if self.next_close_ms is None:
+            self.next_close_ms = self.counter.earliest()
+            if self.next_close_ms is None:
+                return []
+        closed: list[ClosedBucket] = []
+        while self.next_close_ms + width <= watermark:
+            start = self.next_close_ms
+            counts = self.counter.open.pop(start, None)
+            if counts is None and not self.incidents.open:
+                # Nothing to score until the next open bucket: skip the empty
+                # stretch in one step; quiet series catch up lazily.
+                earliest = self.counter.earliest()
+                limit = watermark - watermark % width
+                self.next_close_ms = limit if earliest is None else min(earliest, limit)
+                if self.next_close_ms == start:
+                    break
+                continue
+            closed.append(self._score_bucket(start, counts or {}))
+            self.next_close_ms = start + width
+        self.reporters.forget_before(self.next_close_ms)
+        return closed
+
+    def _score_bucket(self, start: int, counts: BucketCounts) -> ClosedBucket:
+        scores: list[SeriesScore] = []
+        alerts: list[dict] = []
+        seen: set[SeriesKey] = set()
+        open_incidents = self.incidents.open
+        for service, (reports, regions, problems) in counts.items():
+            key = (service, None)
+            self._score_series(key, start, reports, regions, problems, True, scores, alerts)
+            seen.add(key)
+            if self.config.regions:
+                # A regional incident inside a service-wide one would only repeat it.
+                may_open = key not in open_incidents
+                for region, n in regions.items():
+                    rkey = (service, region)
+                    self._score_series(rkey, start, n, {region: n}, problems, may_open,
+                                       scores, alerts)
+                    seen.add(rkey)
+        # Series in an incident are scored through empty buckets too, so they can resolve.
+        for key in [k for k in open_incidents if k not in seen]:
+            self._score_series(key, start, 0, {}, {}, False, scores, alerts)
+        return ClosedBucket(start, counts, scores, alerts)
+
+    def _score_series(
+        self,
+        key: SeriesKey,
+        start: int,
+        reports: int,
+        regions: dict[str, int],
+        problems: dict[str, int],
+        may_open: bool,
+        scores: list[SeriesScore],
+        alerts: list[dict],
+    ) -> None:
+        width = self.config.bucket_ms
+        model = self.models.get(key)
+        if model is None:
+            model = self.models[key] = self.factory(width / 1000)
+        else:
+            last = self.last_bucket_ms[key]
+            if start - last > width:
+                model.learn_zeros((last + width) / 1000, start / 1000)
+        self.last_bucket_ms[key] = start
+        t = start / 1000
+        scored = model.score_one(t, reports)
+        alert, weight = self.incidents.observe(
+            key, start, width, reports, scored, regions, problems, may_open
+        )
+        model.learn_one(t, reports, weight)
+        if alert is not None:
+            alerts.append(alert)
+        incident = self.incidents.open.get(key)
+        scores.append(
+            SeriesScore(key[0], key[1], reports, scored.expected, scored.spread, scored.score,
+                        incident.severity if incident else None)
+        )

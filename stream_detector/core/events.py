@@ -1,0 +1,124 @@
+"""Decoding report messages: bytes in, a validated report or a reason out.
+
+This is the first step of the hot path, so it does one `orjson.loads`, a few
+type checks, and builds no object beyond the tuple it returns.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import NamedTuple
+
+import orjson
+
+# Reasons travel in the dead-letter header and label a metric, so they are a
+# small fixed set.
+NOT_JSON = "not_json"
+NOT_OBJECT = "not_object"
+MISSING_FIELD = "missing_field"
+BAD_TYPE = "bad_type"
+BAD_TIMESTAMP = "bad_timestamp"
+TOO_LARGE = "too_large"
+REASONS = (NOT_JSON, NOT_OBJECT, MISSING_FIELD, BAD_TYPE, BAD_TIMESTAMP, TOO_LARGE)
+
+MAX_MESSAGE_BYTES = 16 * 1024
+MAX_FIELD_CHARS = 256
+# Reports stamped before 2000 or after 2100 are clock bugs, not reports.
+MIN_TS_MS = 946_684_800_000
+MAX_TS_MS = 4_102_444_800_000
+
+
+class InvalidReport(ValueError):
+    """A message that is not a report; `reason` is one of `REASONS`."""
+
+    def __init__(self, reason: str, detail: str):
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+class Report(NamedTuple):
+    service: str
+    ts_ms: int
+    region: str | None
+    problem: str | None
+    reporter: str | None
+
+
+def decode_report(raw: bytes) -> Report:
+    """Validate one message value.
+
+    >>> decode_report(b'{"service": "x", "ts": 1767571200971, "region": "US"}')
+    Report(service='x', ts_ms=1767571200971, region='US', problem=None, reporter=None)
+    >>> decode_report(b'{"service": "x", "ts": "2026-01-05T00:00:00Z"}').ts_ms
+    1767571200000
+    >>> decode_report(b'{"ts": 1}')
+    Traceback (most recent call last):
+    ...
+    stream_detector.core.events.InvalidReport: missing_field: 'service' is required
+    """
+    if len(raw) > MAX_MESSAGE_BYTES:
+        raise InvalidReport(TOO_LARGE, f"message of {len(raw)} bytes exceeds {MAX_MESSAGE_BYTES}")
+    try:
+        doc = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidReport(NOT_JSON, str(exc)) from None
+    if type(doc) is not dict:
+        raise InvalidReport(NOT_OBJECT, f"expected a JSON object, got {type(doc).__name__}")
+    service = doc.get("service")
+    ts = doc.get("ts")
+    if service is None:
+        raise InvalidReport(MISSING_FIELD, "'service' is required")
+    if ts is None:
+        raise InvalidReport(MISSING_FIELD, "'ts' is required")
+    if type(service) is not str or not service:
+        raise InvalidReport(BAD_TYPE, "'service' must be a non-empty string")
+    if len(service) > MAX_FIELD_CHARS:
+        raise InvalidReport(TOO_LARGE, f"'service' is longer than {MAX_FIELD_CHARS} characters")
+    ts_ms = _timestamp_ms(ts)
+    return Report(
+        service,
+        ts_ms,
+        _optional_text(doc, "region"),
+        _optional_text(doc, "problem"),
+        _optional_text(doc, "reporter"),
+    )
+
+
+def _optional_text(doc: dict, name: str) -> str | None:
+    value = doc.get(name)
+    if value is None:
+        return None
+    if type(value) is not str:
+        raise InvalidReport(BAD_TYPE, f"'{name}' must be a string")
+    if len(value) > MAX_FIELD_CHARS:
+        raise InvalidReport(TOO_LARGE, f"'{name}' is longer than {MAX_FIELD_CHARS} characters")
+    return value or None
+
+
+def _timestamp_ms(ts: object) -> int:
+    # bool is an int subclass; `true` is never a timestamp.
+    if type(ts) is int:
+        ts_ms = ts
+    elif type(ts) is str:
+        try:
+            parsed = datetime.fromisoformat(ts)
+        except ValueError:
+            raise InvalidReport(BAD_TIMESTAMP, f"'ts' is not ISO-8601: {ts[:40]!r}") from None
+        if parsed.tzinfo is None:
+            raise InvalidReport(BAD_TIMESTAMP, "'ts' needs a UTC offset or 'Z'")
+        ts_ms = int(parsed.timestamp() * 1000)
+    else:
+        raise InvalidReport(BAD_TYPE, "'ts' must be epoch milliseconds or an ISO-8601 string")
+    if not MIN_TS_MS <= ts_ms < MAX_TS_MS:
+        raise InvalidReport(BAD_TIMESTAMP, f"'ts' {ts_ms} is outside 2000..2100")
+    return ts_ms
+
+
+def iso_utc(ms: int) -> str:
+    """Epoch milliseconds as ISO-8601 UTC with a `Z`, the format of every alert time.
+
+    >>> iso_utc(1767571200000)
+    '2026-01-05T00:00:00Z'
+    """
+    return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")

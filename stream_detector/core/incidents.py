@@ -1,0 +1,157 @@
+"""Turning per-bucket scores into incidents: open, update, resolve.
+
+One outage should make one incident, opened early and resolved once, so the
+tracker has hysteresis: a high score opens, and only a run of calm buckets
+resolves. Severity only ever rises within an incident, so a page that went out
+as critical is never quietly downgraded.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from stream_detector.core.events import iso_utc
+from stream_detector.core.models.base import Scored
+
+WARNING = "warning"
+CRITICAL = "critical"
+FIRING = "firing"
+RESOLVED = "resolved"
+
+# A series is a service (region None) or a service within one region.
+SeriesKey = tuple[str, str | None]
+
+
+@dataclass(frozen=True)
+class IncidentPolicy:
+    open_score: float = 0.99
+    """A bucket scoring at least this opens an incident..."""
+    min_reports: int = 5
+    """...if it also holds at least this many reports (a few reports are never an outage)."""
+    critical_score: float = 0.9999
+    critical_ratio: float = 5.0
+    """Critical needs both the score and reports at least this many times the expected."""
+    calm_score: float = 0.5
+    calm_buckets: int = 5
+    """Resolve after this many buckets in a row below `calm_score` and within the normal band."""
+    relearn_after_buckets: int = 240
+    relearn_weight: float = 0.1
+    """A very long incident may be a new normal: after this many buckets, learn it slowly."""
+    top_n: int = 5
+
+
+@dataclass
+class Incident:
+    service: str
+    region: str | None
+    start_ms: int
+    severity: str
+    buckets: int = 0
+    calm_run: int = 0
+    regions: dict[str, int] = field(default_factory=dict)
+    problems: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def alert_id(self) -> str:
+        # Stable across restarts and re-sends: downstream de-duplicates on it.
+        return f"{self.service}/{self.region or '*'}/{iso_utc(self.start_ms)}"
+
+
+class IncidentTracker:
+    """Open incidents of one partition, and the rules that move them.
+
+    >>> t = IncidentTracker(IncidentPolicy(calm_buckets=2))
+    >>> alert, _ = t.observe(("x", None), 0, 60_000, 50, Scored(0.999, 5.0, 2.0), {}, {})
+    >>> alert["status"], alert["severity"], alert["alert_id"]
+    ('firing', 'warning', 'x/*/1970-01-01T00:00:00Z')
+    >>> [t.observe(("x", None), m, 60_000, 5, Scored(0.1, 5.0, 2.0), {}, {})[0]["status"]
+    ...  for m in (60_000, 120_000)]
+    ['firing', 'resolved']
+    """
+
+    def __init__(self, policy: IncidentPolicy):
+        self.policy = policy
+        self.open: dict[SeriesKey, Incident] = {}
+
+    def observe(
+        self,
+        key: SeriesKey,
+        bucket_start_ms: int,
+        bucket_ms: int,
+        reports: int,
+        scored: Scored,
+        regions: dict[str, int],
+        problems: dict[str, int],
+        may_open: bool = True,
+    ) -> tuple[dict | None, float]:
+        """Account one closed bucket of one series.
+
+        Returns the alert message to publish, if any, and how much the model
+        may learn from this bucket.
+        """
+        policy = self.policy
+        incident = self.open.get(key)
+        if incident is None:
+            if not may_open or scored.score < policy.open_score or reports < policy.min_reports:
+                return None, 1.0
+            incident = Incident(key[0], key[1], bucket_start_ms, WARNING)
+            self.open[key] = incident
+
+        incident.buckets += 1
+        _add_counts(incident.regions, regions)
+        _add_counts(incident.problems, problems)
+        if (
+            scored.score >= policy.critical_score
+            and reports >= policy.critical_ratio * max(scored.expected, 1.0)
+        ):
+            incident.severity = CRITICAL
+
+        calm = scored.score < policy.calm_score and reports <= scored.expected + 2 * scored.spread
+        incident.calm_run = incident.calm_run + 1 if calm else 0
+        if incident.calm_run >= policy.calm_buckets:
+            del self.open[key]
+            ended_ms = bucket_start_ms - (policy.calm_buckets - 1) * bucket_ms
+            alert = self._message(incident, RESOLVED, bucket_start_ms, bucket_ms, reports, scored)
+            alert["ended_at"] = iso_utc(ended_ms)
+            return alert, 1.0
+
+        weight = policy.relearn_weight if incident.buckets > policy.relearn_after_buckets else 0.0
+        return self._message(incident, FIRING, bucket_start_ms, bucket_ms, reports, scored), weight
+
+    def _message(
+        self,
+        incident: Incident,
+        status: str,
+        bucket_start_ms: int,
+        bucket_ms: int,
+        reports: int,
+        scored: Scored,
+    ) -> dict:
+        top_n = self.policy.top_n
+        return {
+            "alert_id": incident.alert_id,
+            "status": status,
+            "service": incident.service,
+            "region": incident.region,
+            "severity": incident.severity,
+            "started_at": iso_utc(incident.start_ms),
+            "ended_at": None,
+            "bucket_start": iso_utc(bucket_start_ms),
+            "bucket_seconds": bucket_ms // 1000,
+            "reports": reports,
+            # Rounded so that a re-sent alert after a restart is byte-for-byte the same.
+            "expected": round(scored.expected, 2),
+            "score": round(scored.score, 4),
+            "regions": _top(incident.regions, top_n),
+            "problems": _top(incident.problems, top_n),
+        }
+
+
+def _add_counts(into: dict[str, int], counts: dict[str, int]) -> None:
+    for name, n in counts.items():
+        into[name] = into.get(name, 0) + n
+
+
+def _top(counts: dict[str, int], n: int) -> list[list]:
+    ranked = sorted(counts.items(), key=lambda item: (-item[1], item[0]))[:n]
+    return [[name, count] for name, count in ranked]
