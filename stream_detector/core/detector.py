@@ -12,9 +12,15 @@ from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from stream_detector.core.buckets import BucketCounter, BucketCounts
-from stream_detector.core.events import decode_report
+from stream_detector.core.events import BAD_TIMESTAMP, InvalidReport, decode_report
 from stream_detector.core.incidents import IncidentPolicy, IncidentTracker, SeriesKey
-from stream_detector.core.models import ModelFactory, SeriesModel, model_factory
+from stream_detector.core.models import (
+    DEFAULT_MODEL,
+    ModelFactory,
+    Scored,
+    SeriesModel,
+    model_factory,
+)
 from stream_detector.core.reporters import ReporterFilter
 from stream_detector.core.watermark import EventClock
 
@@ -32,7 +38,9 @@ class DetectorConfig:
     """How late a report may arrive, in event time, and still count."""
     idle_timeout_ms: int = 30_000
     """Wall time without new event time after which event time follows the wall clock."""
-    model: str = "ewma"
+    max_future_ms: int = 3_600_000
+    """Reports stamped further than this ahead of the wall clock are clock bugs."""
+    model: str = DEFAULT_MODEL
     regions: bool = True
     """Also score every (service, region) series, so regional outages surface."""
     policy: IncidentPolicy = field(default_factory=IncidentPolicy)
@@ -74,6 +82,8 @@ class PartitionDetector:
     def add(self, raw: bytes, wall_ms: int | None = None) -> str:
         """Count one message value; raises `InvalidReport` for anything that is not a report."""
         service, ts_ms, region, problem, reporter = decode_report(raw)
+        if wall_ms is not None and ts_ms > wall_ms + self.config.max_future_ms:
+            raise InvalidReport(BAD_TIMESTAMP, f"'ts' {ts_ms} is in the future")
         width = self.config.bucket_ms
         start = ts_ms - ts_ms % width
         clock = self.clock
@@ -111,9 +121,10 @@ class PartitionDetector:
     def _close_until(self, watermark: int) -> list[ClosedBucket]:
         width = self.config.bucket_ms
         if self.next_close_ms is None:
-            self.next_close_ms = self.counter.earliest()
-            if self.next_close_ms is None:
+            earliest = self.counter.earliest()
+            if earliest is None or earliest + width > watermark:
                 return []
+            self.next_close_ms = earliest
         closed: list[ClosedBucket] = []
         while self.next_close_ms + width <= watermark:
             start = self.next_close_ms
@@ -136,35 +147,60 @@ class PartitionDetector:
         scores: list[SeriesScore] = []
         alerts: list[dict] = []
         seen: set[SeriesKey] = set()
-        open_incidents = self.incidents.open
         for service, (reports, regions, problems) in counts.items():
             key = (service, None)
-            self._score_series(key, start, reports, regions, problems, True, scores, alerts)
-            seen.add(key)
+            scored = self._score(key, start, reports)
+            regional: dict[str, Scored] = {}
             if self.config.regions:
-                # A regional incident inside a service-wide one would only repeat it.
-                may_open = key not in open_incidents
-                for region, n in regions.items():
-                    rkey = (service, region)
-                    self._score_series(rkey, start, n, {region: n}, problems, may_open,
-                                       scores, alerts)
-                    seen.add(rkey)
+                regional = {r: self._score((service, r), start, n) for r, n in regions.items()}
+            concentrated = self._concentrated_regions(key, reports, scored, regions, regional)
+            self._track(key, start, reports, scored, regions, problems, not concentrated,
+                        scores, alerts)
+            seen.add(key)
+            for region, region_scored in regional.items():
+                n = regions[region]
+                self._track((service, region), start, n, region_scored, {region: n}, problems,
+                            region in concentrated, scores, alerts)
+                seen.add((service, region))
         # Series in an incident are scored through empty buckets too, so they can resolve.
-        for key in [k for k in open_incidents if k not in seen]:
-            self._score_series(key, start, 0, {}, {}, False, scores, alerts)
+        for key in [k for k in self.incidents.open if k not in seen]:
+            scored = self._score(key, start, 0)
+            self._track(key, start, 0, scored, {}, {}, False, scores, alerts)
         return ClosedBucket(start, counts, scores, alerts)
 
-    def _score_series(
+    def _concentrated_regions(
         self,
         key: SeriesKey,
-        start: int,
         reports: int,
+        scored: Scored,
         regions: dict[str, int],
-        problems: dict[str, int],
-        may_open: bool,
-        scores: list[SeriesScore],
-        alerts: list[dict],
-    ) -> None:
+        regional: dict[str, Scored],
+    ) -> set[str]:
+        """Regions that explain most of this bucket's excess on their own.
+
+        Then the outage is regional: it opens incidents per region, naming
+        them, instead of one service-wide incident. A service-wide outage lifts
+        every region (or the regions that make up most of the normal traffic)
+        and is reported once, for the service.
+        """
+        if not regional or key in self.incidents.open:
+            return set()
+        policy = self.config.policy
+        anomalous = {
+            r for r, sc in regional.items()
+            if sc.score >= policy.open_score and regions[r] >= policy.min_reports
+        }
+        if not anomalous or len(anomalous) > policy.max_regional:
+            return set()
+        # Regions that carry most of the normal traffic are the service itself.
+        normal_share = sum(regional[r].expected for r in anomalous) / max(scored.expected, 1e-9)
+        if normal_share >= 0.5:
+            return set()
+        excess = max(reports - scored.expected, 0.0)
+        regional_excess = sum(max(regions[r] - regional[r].expected, 0.0) for r in anomalous)
+        return anomalous if regional_excess >= policy.regional_share * excess else set()
+
+    def _score(self, key: SeriesKey, start: int, reports: int) -> Scored:
         width = self.config.bucket_ms
         model = self.models.get(key)
         if model is None:
@@ -174,12 +210,25 @@ class PartitionDetector:
             if start - last > width:
                 model.learn_zeros((last + width) / 1000, start / 1000)
         self.last_bucket_ms[key] = start
-        t = start / 1000
-        scored = model.score_one(t, reports)
+        return model.score_one(start / 1000, reports)
+
+    def _track(
+        self,
+        key: SeriesKey,
+        start: int,
+        reports: int,
+        scored: Scored,
+        regions: dict[str, int],
+        problems: dict[str, int],
+        may_open: bool,
+        scores: list[SeriesScore],
+        alerts: list[dict],
+    ) -> None:
+        """Move the series' incident, then let its model learn as much as the incident allows."""
         alert, weight = self.incidents.observe(
-            key, start, width, reports, scored, regions, problems, may_open
+            key, start, self.config.bucket_ms, reports, scored, regions, problems, may_open
         )
-        model.learn_one(t, reports, weight)
+        self.models[key].learn_one(start / 1000, reports, weight)
         if alert is not None:
             alerts.append(alert)
         incident = self.incidents.open.get(key)

@@ -37,6 +37,10 @@ class IncidentPolicy:
     relearn_after_buckets: int = 240
     relearn_weight: float = 0.1
     """A very long incident may be a new normal: after this many buckets, learn it slowly."""
+    regional_share: float = 0.7
+    max_regional: int = 3
+    """A bucket's excess is regional when at most `max_regional` anomalous regions
+    carry at least `regional_share` of it; then those regions get the incidents."""
     top_n: int = 5
 
 

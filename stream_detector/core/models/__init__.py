@@ -14,6 +14,9 @@ MODELS: dict[str, ModelFactory] = {
     "ewma": lambda bucket_seconds: EWMAModel(bucket_seconds),
 }
 
+# The model a fresh configuration uses.
+DEFAULT_MODEL = "ewma"
+
 
 def model_factory(name: str) -> ModelFactory:
     try:
@@ -23,4 +26,4 @@ def model_factory(name: str) -> ModelFactory:
         raise ValueError(f"unknown model {name!r}; choose one of: {known}") from None
 
 
-__all__ = ["MODELS", "ModelFactory", "Scored", "SeriesModel", "model_factory"]
+__all__ = ["DEFAULT_MODEL", "MODELS", "ModelFactory", "Scored", "SeriesModel", "model_factory"]

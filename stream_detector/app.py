@@ -1,0 +1,66 @@
+"""Wiring of the running service: detector, metrics endpoint, Alertmanager, signals."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+
+from stream_detector.config import ConfigError, Settings
+from stream_detector.io.kafka import DetectorService
+from stream_detector.io.metrics import DetectorMetrics, MetricsServer
+
+log = logging.getLogger("stream_detector")
+
+
+def configure_logging(settings: Settings) -> None:
+    from stream_detector.logs import configure_logging as configure
+
+    configure(settings.log_format, settings.log_level)
+
+
+def alertmanager_hook(url: str):
+    from stream_detector.io.alertmanager import AlertmanagerClient
+
+    client = AlertmanagerClient(url)
+
+    async def push(alert: dict) -> None:
+        # Alertmanager is a second channel beside the alerts topic: if it is
+        # down the incident still reaches Kafka, so this only logs.
+        try:
+            await client.push([alert])
+        except Exception as exc:  # noqa: BLE001 - any failure here must not stop consumption
+            log.warning("alertmanager push failed", extra={"error": str(exc)})
+
+    return push
+
+
+async def serve(
+    settings: Settings,
+    stop: asyncio.Event | None = None,
+    install_signal_handlers: bool = False,
+    metrics: DetectorMetrics | None = None,
+) -> None:
+    """Run the detector until `stop` is set or SIGTERM/SIGINT arrives."""
+    stop = stop or asyncio.Event()
+    metrics = metrics or DetectorMetrics(settings.metrics_max_services)
+    on_alert = alertmanager_hook(settings.alertmanager_url) if settings.alertmanager_url else None
+    service = DetectorService(settings, metrics, on_alert=on_alert)
+    server = MetricsServer(metrics, service.healthy, service.ready)
+    try:
+        port = await server.start(settings.metrics_host, settings.metrics_port)
+    except OSError as exc:
+        raise ConfigError(
+            f"setting metrics_port: cannot listen on {settings.metrics_host}:"
+            f"{settings.metrics_port} ({exc.strerror})"
+        ) from None
+    if install_signal_handlers:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+    log.info("metrics on port %d", port)
+    try:
+        await service.run(stop)
+    finally:
+        await server.stop()
+    log.info("stopped")

@@ -1,0 +1,304 @@
+"""The asyncio shell: consume reports, feed the core, publish alerts and dead letters.
+
+One `DetectorService` owns one consumer (in the group, so instances share the
+partitions), one producer, a `PartitionDetector` per assigned partition and the
+metrics. Per report the loop does no `await` and no logging: messages arrive
+in batches from `getmany`, and everything slow happens once per batch.
+
+Offsets are committed only after every alert produced so far has been
+delivered, so an alert is never lost behind a committed offset (it may be
+re-sent after a crash, with the same `alert_id`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable
+
+import orjson
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.errors import KafkaConnectionError, KafkaError
+
+from stream_detector.config import Settings
+from stream_detector.core.detector import (
+    INVALID,
+    OUTCOMES,
+    ClosedBucket,
+    PartitionDetector,
+)
+from stream_detector.core.events import InvalidReport
+from stream_detector.io.metrics import DetectorMetrics
+
+log = logging.getLogger("stream_detector")
+
+MAX_BATCH = 10_000
+
+
+class BrokerUnreachable(RuntimeError):
+    """The broker named by `bootstrap_servers` did not answer."""
+
+
+def wall_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def build_producer(settings: Settings) -> AIOKafkaProducer:
+    # The idempotent producer is not required: alerts carry a stable alert_id,
+    # and not every Kafka-compatible broker supports it.
+    return AIOKafkaProducer(
+        **settings.kafka_client_options(),
+        enable_idempotence=False,
+        acks="all",
+        linger_ms=5,
+        request_timeout_ms=30_000,
+    )
+
+
+async def start_client(client: AIOKafkaConsumer | AIOKafkaProducer, settings: Settings) -> None:
+    try:
+        await client.start()
+    except (KafkaConnectionError, KafkaError, OSError) as exc:
+        raise BrokerUnreachable(
+            f"cannot reach the Kafka broker at bootstrap_servers={settings.bootstrap_servers} "
+            f"({type(exc).__name__}); check the bootstrap_servers setting and that the broker "
+            "is running"
+        ) from None
+
+
+class _Rebalance(ConsumerRebalanceListener):
+    def __init__(self, service: DetectorService):
+        self.service = service
+
+    async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
+        await self.service.release(revoked)
+
+    async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
+        partitions = sorted(tp.partition for tp in assigned)
+        log.info("partitions assigned", extra={"partitions": partitions})
+        self.service.assigned = True
+
+
+AlertHook = Callable[[dict], Awaitable[None]]
+
+
+class DetectorService:
+    def __init__(
+        self,
+        settings: Settings,
+        metrics: DetectorMetrics | None = None,
+        on_alert: AlertHook | None = None,
+    ):
+        self.settings = settings
+        self.metrics = metrics or DetectorMetrics(settings.metrics_max_services)
+        self.on_alert = on_alert
+        self.detector_config = settings.detector_config()
+        self.detectors: dict[int, PartitionDetector] = {}
+        self.consumer: AIOKafkaConsumer | None = None
+        self.producer: AIOKafkaProducer | None = None
+        self.pending: list[asyncio.Future] = []
+        self.next_offsets: dict[TopicPartition, int] = {}
+        self.connected = False
+        self.assigned = False
+
+    # -- lifecycle -------------------------------------------------------
+
+    async def start(self) -> None:
+        s = self.settings
+        self.producer = build_producer(s)
+        await start_client(self.producer, s)
+        self.consumer = AIOKafkaConsumer(
+            **s.kafka_client_options(),
+            group_id=s.group_id,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            max_partition_fetch_bytes=4 * 1024 * 1024,
+        )
+        try:
+            await start_client(self.consumer, s)
+        except BrokerUnreachable:
+            await self.producer.stop()
+            raise
+        self.consumer.subscribe([s.reports_topic], listener=_Rebalance(self))
+        self.connected = True
+        self.metrics.kafka_connected.set(1)
+
+    async def stop(self) -> None:
+        """Deliver what is pending, commit, and leave the group."""
+        try:
+            await asyncio.wait_for(self._checkpoint(), self.settings.shutdown_timeout)
+        except (TimeoutError, KafkaError) as exc:
+            log.warning("final commit failed", extra={"error": repr(exc)})
+        if self.consumer is not None:
+            await self.consumer.stop()
+        if self.producer is not None:
+            await self.producer.stop()
+        self.metrics.kafka_connected.set(0)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        await self.start()
+        health = asyncio.create_task(self._watch_broker(stop))
+        try:
+            await self._consume(stop)
+        finally:
+            health.cancel()
+            await self.stop()
+
+    def healthy(self) -> bool:
+        return self.connected
+
+    def ready(self) -> bool:
+        return self.connected and self.assigned
+
+    # -- the loop --------------------------------------------------------
+
+    async def _consume(self, stop: asyncio.Event) -> None:
+        assert self.consumer is not None
+        consumer = self.consumer
+        last_commit = time.monotonic()
+        stop_wait = asyncio.ensure_future(stop.wait())
+        try:
+            while not stop.is_set():
+                fetch = asyncio.ensure_future(
+                    consumer.getmany(timeout_ms=200, max_records=MAX_BATCH)
+                )
+                await asyncio.wait({fetch, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
+                if not fetch.done():
+                    fetch.cancel()
+                    break
+                await self.process_batch(fetch.result())
+                await self.close_buckets()
+                if time.monotonic() - last_commit >= self.settings.commit_interval:
+                    await self._checkpoint()
+                    self._update_lag()
+                    last_commit = time.monotonic()
+        finally:
+            stop_wait.cancel()
+
+    async def process_batch(self, batch: dict[TopicPartition, list]) -> None:
+        counts = dict.fromkeys(OUTCOMES, 0)
+        now = wall_ms()
+        for tp, messages in batch.items():
+            detector = self.detectors.get(tp.partition)
+            if detector is None:
+                detector = self.detectors[tp.partition] = PartitionDetector(self.detector_config)
+            add = detector.add
+            for msg in messages:
+                try:
+                    counts[add(msg.value, now)] += 1
+                except InvalidReport as exc:
+                    counts[INVALID] += 1
+                    await self._dead_letter(msg, exc)
+            if messages:
+                self.next_offsets[tp] = messages[-1].offset + 1
+        self.metrics.count_outcomes(counts)
+
+    async def close_buckets(self) -> None:
+        now = wall_ms()
+        closed: list[ClosedBucket] = []
+        for partition, detector in list(self.detectors.items()):
+            started = time.perf_counter()
+            buckets = detector.advance(now)
+            if buckets:
+                per_bucket = (time.perf_counter() - started) / len(buckets)
+                for _ in buckets:
+                    self.metrics.scoring_seconds.observe(per_bucket)
+                closed.extend(buckets)
+            watermark = detector.clock.watermark(now)
+            if watermark is not None:
+                self.metrics.watermark.labels(str(partition)).set(watermark / 1000)
+        if not closed:
+            return
+        self.metrics.observe_buckets(closed)
+        self.metrics.series_active.set(sum(len(d.models) for d in self.detectors.values()))
+        for bucket in closed:
+            bucket_end_s = (bucket.start_ms + self.detector_config.bucket_ms) / 1000
+            for alert in bucket.alerts:
+                await self.publish_alert(alert, bucket_end_s)
+
+    async def publish_alert(self, alert: dict, bucket_end_s: float) -> None:
+        assert self.producer is not None
+        future = await self.producer.send(
+            self.settings.alerts_topic, orjson.dumps(alert), key=alert["service"].encode()
+        )
+        self.pending.append(future)
+        self.metrics.observe_alert(alert, time.time() - bucket_end_s)
+        if alert["status"] == "resolved" or alert["bucket_start"] == alert["started_at"]:
+            log.info(
+                "incident %s", alert["status"],
+                extra={k: alert[k] for k in ("alert_id", "service", "region", "severity",
+                                             "reports", "expected", "score")},
+            )
+        if self.on_alert is not None:
+            await self.on_alert(alert)
+
+    async def _dead_letter(self, msg, exc: InvalidReport) -> None:
+        assert self.producer is not None
+        headers = [
+            ("error.reason", exc.reason.encode()),
+            ("error.detail", exc.detail.encode()[:512]),
+            ("source.topic", msg.topic.encode()),
+            ("source.partition", str(msg.partition).encode()),
+            ("source.offset", str(msg.offset).encode()),
+        ]
+        future = await self.producer.send(
+            self.settings.dlq_topic, msg.value, key=msg.key, headers=headers
+        )
+        self.pending.append(future)
+        self.metrics.dlq.labels(exc.reason).inc()
+
+    # -- offsets and partitions -----------------------------------------
+
+    async def _checkpoint(self, partitions: list[TopicPartition] | None = None) -> None:
+        """Wait for every alert and dead letter to be delivered, then commit."""
+        pending, self.pending = self.pending, []
+        if pending:
+            await asyncio.gather(*pending)
+        offsets = {
+            tp: off for tp, off in self.next_offsets.items()
+            if partitions is None or tp in partitions
+        }
+        if offsets and self.consumer is not None:
+            await self.consumer.commit(offsets)
+
+    async def release(self, revoked: list[TopicPartition]) -> None:
+        if not revoked:
+            return
+        log.info("partitions revoked", extra={"partitions": sorted(tp.partition for tp in revoked)})
+        try:
+            await self._checkpoint(revoked)
+        except KafkaError as exc:
+            log.warning("commit on revoke failed", extra={"error": repr(exc)})
+        for tp in revoked:
+            self.detectors.pop(tp.partition, None)
+            self.next_offsets.pop(tp, None)
+            with contextlib.suppress(KeyError):
+                self.metrics.lag.remove(tp.topic, str(tp.partition))
+
+    def _update_lag(self) -> None:
+        assert self.consumer is not None
+        for tp in self.consumer.assignment():
+            end = self.consumer.highwater(tp)
+            if end is None:
+                continue
+            position = self.next_offsets.get(tp)
+            lag = end - position if position is not None else end
+            self.metrics.lag.labels(tp.topic, str(tp.partition)).set(max(lag, 0))
+
+    async def _watch_broker(self, stop: asyncio.Event) -> None:
+        """Ask the broker for metadata now and then; /healthz reports the answer."""
+        assert self.consumer is not None
+        while not stop.is_set():
+            try:
+                await asyncio.wait_for(self.consumer.topics(), 5)
+                connected = True
+            except (TimeoutError, KafkaError, OSError):
+                connected = False
+            if connected != self.connected:
+                log.warning("broker %s", "reachable again" if connected else "unreachable")
+            self.connected = connected
+            self.metrics.kafka_connected.set(1 if connected else 0)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), 5)
