@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+from collections.abc import Callable
 
 from stream_detector.config import ConfigError, Settings
 from stream_detector.io.kafka import DetectorService
@@ -40,6 +41,7 @@ async def serve(
     stop: asyncio.Event | None = None,
     install_signal_handlers: bool = False,
     metrics: DetectorMetrics | None = None,
+    on_listening: Callable[[int], None] | None = None,
 ) -> None:
     """Run the detector until `stop` is set or SIGTERM/SIGINT arrives."""
     stop = stop or asyncio.Event()
@@ -59,6 +61,8 @@ async def serve(
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
     log.info("metrics on port %d", port)
+    if on_listening is not None:
+        on_listening(port)
     try:
         await service.run(stop)
     finally:

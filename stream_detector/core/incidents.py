@@ -24,11 +24,11 @@ SeriesKey = tuple[str, str | None]
 
 @dataclass(frozen=True)
 class IncidentPolicy:
-    open_score: float = 0.99
+    open_score: float = 0.999
     """A bucket scoring at least this opens an incident..."""
     min_reports: int = 5
     """...if it also holds at least this many reports (a few reports are never an outage)."""
-    critical_score: float = 0.9999
+    critical_score: float = 0.99999
     critical_ratio: float = 5.0
     """Critical needs both the score and reports at least this many times the expected."""
     calm_score: float = 0.5

@@ -1,0 +1,185 @@
+"""The whole path on the embedded broker: reports in, alerts, dead letters and metrics out."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import urllib.request
+
+import orjson
+import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from prometheus_client.parser import text_string_to_metric_families
+
+from stream_detector.app import serve
+from stream_detector.config import load_settings
+from tests.conftest import wait_for
+
+pytestmark = pytest.mark.integration
+
+T0 = 1_767_571_200_000
+MINUTE = 60_000
+
+
+def traffic(rng: random.Random, minutes: int, outage: range) -> list[dict]:
+    """Steady reports for 'x' and 'y', and an outage of 'x' in `outage` minutes."""
+    reports = []
+    for minute in range(minutes):
+        for service, normal in (("x", 20), ("y", 5)):
+            n = 400 if service == "x" and minute in outage else rng.randint(normal - 3, normal + 3)
+            for _ in range(n):
+                problem = "login" if minute in outage else rng.choice(["app", "website"])
+                reports.append({
+                    "service": service,
+                    "ts": T0 + minute * MINUTE + rng.randrange(MINUTE),
+                    "region": rng.choice(["US", "US", "GB", "DE"]),
+                    "problem": problem,
+                    "reporter": f"{rng.getrandbits(48):x}",
+                })
+    reports.sort(key=lambda r: r["ts"])
+    return reports
+
+
+async def produce(bootstrap: str, topic: str, values: list[bytes], keys: list[bytes]) -> None:
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, enable_idempotence=False, linger_ms=5)
+    await producer.start()
+    try:
+        for key, value in zip(keys, values, strict=True):
+            await producer.send(topic, value, key=key)
+        await producer.flush()
+    finally:
+        await producer.stop()
+
+
+async def read_all(bootstrap: str, topic: str, until, timeout: float = 60.0) -> list:
+    """Consume `topic` from the start until `until(messages)` holds."""
+    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest")
+    await consumer.start()
+    messages: list = []
+    try:
+        async def done() -> bool:
+            batch = await consumer.getmany(timeout_ms=200)
+            for msgs in batch.values():
+                messages.extend(msgs)
+            return until(messages)
+
+        await wait_for(done, timeout)
+    finally:
+        await consumer.stop()
+    return messages
+
+
+def scrape(port: int) -> dict:
+    body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    values = {}
+    for family in text_string_to_metric_families(body):
+        for sample in family.samples:
+            values[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return values
+
+
+@pytest.fixture
+async def detector(broker, unique):
+    """A detector in this process with its own topics and group; yields (settings, port)."""
+    settings = load_settings({
+        "bootstrap_servers": broker.bootstrap_servers,
+        "group_id": f"{unique}-g",
+        "reports_topic": f"{unique}-reports",
+        "alerts_topic": f"{unique}-alerts",
+        "dlq_topic": f"{unique}-dlq",
+        "metrics_port": 0,
+        "metrics_host": "127.0.0.1",
+        "model": "ewma",
+        "idle_timeout": "2s",
+        "commit_interval": "1s",
+    }, environ={})
+    stop = asyncio.Event()
+    listening: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+    task = asyncio.create_task(serve(settings, stop, on_listening=listening.set_result))
+    port = await asyncio.wait_for(listening, 30)
+    yield settings, port
+    stop.set()
+    await asyncio.wait_for(task, 30)
+
+
+async def test_outage_fires_then_resolves_with_breakdowns(broker, detector):
+    settings, port = detector
+    rng = random.Random(5)
+    reports = traffic(rng, minutes=150, outage=range(100, 115))
+    await produce(broker.bootstrap_servers, settings.reports_topic,
+                  [orjson.dumps(r) for r in reports], [r["service"].encode() for r in reports])
+
+    def resolved(messages):
+        return any(orjson.loads(m.value)["status"] == "resolved" for m in messages)
+
+    messages = await read_all(broker.bootstrap_servers, settings.alerts_topic, resolved)
+    alerts = [orjson.loads(m.value) for m in messages]
+    assert {a["service"] for a in alerts} == {"x"}
+    assert {m.key for m in messages} == {b"x"}
+    (alert_id,) = {a["alert_id"] for a in alerts}
+    assert alert_id == "x/*/2026-01-05T01:40:00Z"
+    first, last = alerts[0], alerts[-1]
+    assert first["status"] == "firing" and first["ended_at"] is None
+    assert last["status"] == "resolved" and last["ended_at"] == "2026-01-05T01:55:00Z"
+    assert [a["status"] for a in alerts].count("resolved") == 1
+    assert last["problems"][0][0] == "login"
+    assert [r for r, _ in last["regions"]][:1] == ["US"]
+    assert set(first) >= {"alert_id", "status", "service", "severity", "started_at", "ended_at",
+                          "bucket_start", "bucket_seconds", "reports", "expected", "score",
+                          "regions", "problems"}
+    assert first["bucket_seconds"] == 60 and 0 <= first["score"] <= 1
+
+    metrics = scrape(port)
+    accepted = metrics[("stream_detector_reports_total", (("outcome", "accepted"),))]
+    assert accepted == len(reports)
+    assert metrics[("stream_detector_alerts_published_total",
+                    (("severity", last["severity"]), ("status", "resolved")))] == 1
+    assert metrics[("stream_detector_service_incident_firing", (("service", "x"),))] == 0
+    assert ("stream_detector_service_expected_reports", (("service", "y"),)) in metrics
+    assert metrics[("stream_detector_bucket_scoring_seconds_count", ())] > 0
+    assert any(name == "stream_detector_consumer_lag_messages" for name, _ in metrics)
+
+
+async def test_bad_late_and_duplicate_reports(broker, detector):
+    settings, port = detector
+    good = [{"service": "z", "ts": T0 + i * 1000, "reporter": f"r{i}"} for i in range(100)]
+    values = [orjson.dumps(r) for r in good]
+    bad = [b"not json", b'{"service": "z"}', b'{"service": 5, "ts": 1}',
+           b'{"service": "z", "ts": "yesterday"}', b"[]"]
+    values[10:10] = bad
+    values.append(orjson.dumps({"service": "z", "ts": T0 + 5_000, "reporter": "r5"}))  # dup
+    values.append(orjson.dumps({"service": "z", "ts": T0 + 10 * MINUTE}))
+    values.append(orjson.dumps({"service": "z", "ts": T0 + 1_000}))  # late by 10 minutes
+    await produce(broker.bootstrap_servers, settings.reports_topic, values, [b"z"] * len(values))
+
+    dlq = await read_all(broker.bootstrap_servers, settings.dlq_topic,
+                         lambda m: len(m) >= len(bad))
+    assert sorted(m.value for m in dlq) == sorted(bad)
+    reasons = {m.value: dict(m.headers)["error.reason"].decode() for m in dlq}
+    assert reasons[b"not json"] == "not_json"
+    assert reasons[b'{"service": "z"}'] == "missing_field"
+    assert reasons[b"[]"] == "not_object"
+    assert all(dict(m.headers)["source.topic"] == settings.reports_topic.encode() for m in dlq)
+
+    def outcome(metrics, name):
+        return metrics.get(("stream_detector_reports_total", (("outcome", name),)), 0)
+
+    await wait_for(lambda: outcome(scrape(port), "late") == 1)
+    metrics = scrape(port)
+    assert outcome(metrics, "accepted") == 101
+    assert outcome(metrics, "duplicate") == 1
+    assert outcome(metrics, "invalid") == len(bad)
+    assert metrics[("stream_detector_dlq_messages_total", (("reason", "not_json"),))] == 1
+
+
+async def test_health_endpoints(detector):
+    _, port = detector
+
+    async def ready():
+        try:
+            return urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2).status == 200
+        except OSError:
+            return False
+
+    await wait_for(ready)
+    assert urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2).status == 200
