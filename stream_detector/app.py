@@ -45,7 +45,7 @@ async def serve(
 ) -> None:
     """Run the detector until `stop` is set or SIGTERM/SIGINT arrives."""
     stop = stop or asyncio.Event()
-    metrics = metrics or DetectorMetrics(settings.metrics_max_services)
+    metrics = metrics or DetectorMetrics.for_settings(settings)
     on_alert = alertmanager_hook(settings.alertmanager_url) if settings.alertmanager_url else None
     service = DetectorService(settings, metrics, on_alert=on_alert)
     server = MetricsServer(metrics, service.healthy, service.ready)

@@ -92,7 +92,7 @@ class DetectorService:
         on_alert: AlertHook | None = None,
     ):
         self.settings = settings
-        self.metrics = metrics or DetectorMetrics(settings.metrics_max_services)
+        self.metrics = metrics or DetectorMetrics.for_settings(settings)
         self.on_alert = on_alert
         self.detector_config = settings.detector_config()
         self.detectors: dict[int, PartitionDetector] = {}

@@ -26,7 +26,12 @@ TOP_BREAKDOWN = 5
 
 
 class DetectorMetrics:
-    def __init__(self, max_services: int = 200, registry: CollectorRegistry | None = None):
+    def __init__(
+        self,
+        max_services: int = 200,
+        bucket_ms: int = 60_000,
+        registry: CollectorRegistry | None = None,
+    ):
         self.registry = registry or CollectorRegistry()
         self.max_services = max_services
         r = self.registry
@@ -92,8 +97,14 @@ class DetectorMetrics:
               ["version"], registry=r).labels(__version__).set(1)
 
         self._volume: dict[str, float] = {}
+        self._volume_until_ms = 0
+        self._bucket_ms = bucket_ms
         self._exported: dict[str, tuple[list[str], list[str]]] = {}
         self._firing: dict[str, str] = {}
+
+    @classmethod
+    def for_settings(cls, settings) -> DetectorMetrics:
+        return cls(settings.metrics_max_services, int(settings.bucket * 1000))
 
     def count_outcomes(self, counts: dict[str, int]) -> None:
         for outcome, n in counts.items():
@@ -105,8 +116,14 @@ class DetectorMetrics:
         latest: dict[str, tuple] = {}
         for bucket in closed:
             self.buckets_closed.inc()
-            for name in list(self._volume):
-                self._volume[name] *= VOLUME_DECAY
+            # Decay by bucket time, not per bucket object: partitions close the
+            # same minute separately, and that minute should age volume once.
+            if bucket.start_ms > self._volume_until_ms:
+                steps = (bucket.start_ms - self._volume_until_ms) // self._bucket_ms
+                factor = VOLUME_DECAY ** min(steps, 1000)
+                for name in self._volume:
+                    self._volume[name] *= factor
+                self._volume_until_ms = bucket.start_ms
             for service, (n, _, _) in bucket.counts.items():
                 self._volume[service] = self._volume.get(service, 0.0) + n
             for s in bucket.scores:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import urllib.error
 import urllib.request
 
 import orjson
@@ -69,8 +70,18 @@ async def read_all(bootstrap: str, topic: str, until, timeout: float = 60.0) -> 
     return messages
 
 
-def scrape(port: int) -> dict:
-    body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+def http_get(port: int, path: str) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+
+
+async def scrape(port: int) -> dict:
+    """Parse /metrics with prometheus-client's own parser (off the loop the server runs on)."""
+    _, raw = await asyncio.to_thread(http_get, port, "/metrics")
+    body = raw.decode()
     values = {}
     for family in text_string_to_metric_families(body):
         for sample in family.samples:
@@ -129,7 +140,7 @@ async def test_outage_fires_then_resolves_with_breakdowns(broker, detector):
                           "regions", "problems"}
     assert first["bucket_seconds"] == 60 and 0 <= first["score"] <= 1
 
-    metrics = scrape(port)
+    metrics = await scrape(port)
     accepted = metrics[("stream_detector_reports_total", (("outcome", "accepted"),))]
     assert accepted == len(reports)
     assert metrics[("stream_detector_alerts_published_total",
@@ -147,7 +158,7 @@ async def test_bad_late_and_duplicate_reports(broker, detector):
     bad = [b"not json", b'{"service": "z"}', b'{"service": 5, "ts": 1}',
            b'{"service": "z", "ts": "yesterday"}', b"[]"]
     values[10:10] = bad
-    values.append(orjson.dumps({"service": "z", "ts": T0 + 5_000, "reporter": "r5"}))  # dup
+    values.append(orjson.dumps({"service": "z", "ts": T0 + 95_000, "reporter": "r95"}))  # dup
     values.append(orjson.dumps({"service": "z", "ts": T0 + 10 * MINUTE}))
     values.append(orjson.dumps({"service": "z", "ts": T0 + 1_000}))  # late by 10 minutes
     await produce(broker.bootstrap_servers, settings.reports_topic, values, [b"z"] * len(values))
@@ -164,8 +175,11 @@ async def test_bad_late_and_duplicate_reports(broker, detector):
     def outcome(metrics, name):
         return metrics.get(("stream_detector_reports_total", (("outcome", name),)), 0)
 
-    await wait_for(lambda: outcome(scrape(port), "late") == 1)
-    metrics = scrape(port)
+    async def late_counted():
+        return outcome(await scrape(port), "late") == 1
+
+    await wait_for(late_counted)
+    metrics = await scrape(port)
     assert outcome(metrics, "accepted") == 101
     assert outcome(metrics, "duplicate") == 1
     assert outcome(metrics, "invalid") == len(bad)
@@ -176,10 +190,9 @@ async def test_health_endpoints(detector):
     _, port = detector
 
     async def ready():
-        try:
-            return urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2).status == 200
-        except OSError:
-            return False
+        status, _ = await asyncio.to_thread(http_get, port, "/readyz")
+        return status == 200
 
     await wait_for(ready)
-    assert urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2).status == 200
+    assert (await asyncio.to_thread(http_get, port, "/healthz"))[0] == 200
+    assert (await asyncio.to_thread(http_get, port, "/nothing"))[0] == 404
