@@ -100,6 +100,7 @@ class DetectorService:
         self.producer: AIOKafkaProducer | None = None
         self.pending: list[asyncio.Future] = []
         self.next_offsets: dict[TopicPartition, int] = {}
+        self.messages_seen = 0
         self.connected = False
         self.assigned = False
 
@@ -193,6 +194,7 @@ class DetectorService:
                     await self._dead_letter(msg, exc)
             if messages:
                 self.next_offsets[tp] = messages[-1].offset + 1
+                self.messages_seen += len(messages)
         self.metrics.count_outcomes(counts)
 
     async def close_buckets(self) -> None:

@@ -8,13 +8,16 @@ from __future__ import annotations
 
 import math
 
-from river import stats
-
 from stream_detector.core.models.base import Scored
 
 
 class EWMAModel:
     """Exponentially weighted z-score, mapped to [0, 1] by the Gaussian CDF.
+
+    The moments follow the same recurrences as river's `stats.EWMean` and
+    `stats.EWVar`, kept as two plain floats here because a run of n empty
+    buckets then has a closed form (`learn_zeros` is O(1)), which river's
+    objects cannot offer.
 
     >>> m = EWMAModel(bucket_seconds=60, warmup_buckets=3)
     >>> for i in range(50):
@@ -25,20 +28,20 @@ class EWMAModel:
     True
     """
 
-    __slots__ = ("bucket_seconds", "warmup_buckets", "seen", "mean", "var", "last_t")
+    __slots__ = ("bucket_seconds", "alpha", "warmup_buckets", "seen", "mean", "var")
 
     def __init__(self, bucket_seconds: float, alpha: float = 0.05, warmup_buckets: int = 60):
         self.bucket_seconds = bucket_seconds
+        self.alpha = alpha
         self.warmup_buckets = warmup_buckets
         self.seen = 0
-        self.mean = stats.EWMean(fading_factor=alpha)
-        self.var = stats.EWVar(fading_factor=alpha)
-        self.last_t: float | None = None
+        self.mean = 0.0
+        self.var = 0.0
 
     def score_one(self, t: float, x: float) -> Scored:
-        expected = self.mean.get()
+        expected = self.mean
         # Counts are at least Poisson-noisy: never trust a spread below sqrt(mean).
-        spread = math.sqrt(max(self.var.get(), expected, 1.0))
+        spread = math.sqrt(max(self.var, expected, 1.0))
         if self.seen < self.warmup_buckets:
             return Scored(0.0, expected, spread)
         z = (x - expected) / spread
@@ -48,17 +51,20 @@ class EWMAModel:
     def learn_one(self, t: float, x: float, weight: float = 1.0) -> None:
         if weight <= 0.0:
             return
-        if weight < 1.0:
-            x = self.mean.get() + weight * (x - self.mean.get())
-        self.mean.update(x)
-        self.var.update(x)
+        if self.seen == 0:
+            self.mean = x
+        alpha = self.alpha * weight
+        diff = x - self.mean
+        self.mean += alpha * diff
+        self.var = (1.0 - alpha) * (self.var + alpha * diff * diff)
         self.seen += 1
-        self.last_t = t
 
     def learn_zeros(self, t_start: float, t_end: float) -> None:
         n = int(round((t_end - t_start) / self.bucket_seconds))
-        # Beyond a few hundred zeros the moments have converged to zero anyway.
-        for _ in range(min(n, 500)):
-            self.mean.update(0.0)
-            self.var.update(0.0)
+        if n <= 0:
+            return
+        # n steps of the recurrences above with x = 0, summed as a geometric series.
+        decay = (1.0 - self.alpha) ** n
+        self.var = decay * (self.var + self.mean * self.mean * (1.0 - decay))
+        self.mean *= decay
         self.seen += n

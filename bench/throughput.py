@@ -1,0 +1,138 @@
+"""Throughput of the detector against a bare aiokafka consume-and-decode loop.
+
+Fills one topic on the embedded broker with N reports over S services, then
+consumes it, alternating, with (a) a bare aiokafka consumer that only runs
+`orjson.loads` on every message and (b) the detector's own consume loop
+(decode, validate, reporter rule, buckets, scoring, alerts, commits). Each
+run uses a fresh consumer group, so both read the same messages from the
+broker. Prints the median events per second of each and their ratio.
+
+    python bench/throughput.py [--reports 1000000] [--services 2000] [--rounds 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import random
+import statistics
+import sys
+import time
+
+import orjson
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+from stream_detector.config import load_settings
+from stream_detector.embedded import EmbeddedBroker
+from stream_detector.io.kafka import DetectorService
+
+T0 = 1_767_571_200_000
+TOPIC = "bench-reports"
+REGIONS = ["US", "GB", "DE", "FR", "IN", "BR", "JP", "CA"]
+PROBLEMS = ["login", "app", "website", "server connection", "payments"]
+
+
+def reports(n: int, services: int, rng: random.Random):
+    """Reports over `services` services with Zipf-like volumes, a few per millisecond."""
+    names = [f"svc-{i:04d}" for i in range(services)]
+    weights = [1 / (i + 1) for i in range(services)]
+    span_ms = 6 * 3_600_000  # six hours of event time
+    chosen = rng.choices(names, weights, k=n)
+    for i, service in enumerate(chosen):
+        yield service, orjson.dumps({
+            "service": service,
+            "ts": T0 + i * span_ms // n,
+            "region": rng.choice(REGIONS),
+            "problem": rng.choice(PROBLEMS),
+            "reporter": f"{rng.getrandbits(40):x}",
+        })
+
+
+async def fill(bootstrap: str, n: int, services: int, partitions: int) -> None:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    await admin.create_topics([NewTopic(TOPIC, partitions, 1)])
+    await admin.close()
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, enable_idempotence=False,
+                                linger_ms=20, max_batch_size=1 << 20)
+    await producer.start()
+    started = time.perf_counter()
+    for i, (service, value) in enumerate(reports(n, services, random.Random(42))):
+        await producer.send(TOPIC, value, key=service.encode())
+        if i % 100_000 == 0:
+            print(f"\rfilling {i:,}/{n:,}", end="", file=sys.stderr)
+    await producer.flush()
+    await producer.stop()
+    print(f"\rfilled {n:,} reports in {time.perf_counter() - started:.1f}s", file=sys.stderr)
+
+
+async def bare_loop(bootstrap: str, n: int, group: str) -> float:
+    consumer = AIOKafkaConsumer(TOPIC, bootstrap_servers=bootstrap, group_id=group,
+                                auto_offset_reset="earliest", enable_auto_commit=False,
+                                max_partition_fetch_bytes=4 * 1024 * 1024)
+    await consumer.start()
+    seen = 0
+    started = None
+    loads = orjson.loads
+    while seen < n:
+        batch = await consumer.getmany(timeout_ms=500, max_records=10_000)
+        if started is None and batch:
+            started = time.perf_counter()
+        for messages in batch.values():
+            for msg in messages:
+                loads(msg.value)
+            seen += len(messages) if messages else 0
+    elapsed = time.perf_counter() - started
+    await consumer.stop()
+    return n / elapsed
+
+
+async def detector_loop(bootstrap: str, n: int, group: str) -> float:
+    settings = load_settings({"bootstrap_servers": bootstrap, "group_id": group,
+                              "reports_topic": TOPIC, "alerts_topic": f"{group}-alerts",
+                              "dlq_topic": f"{group}-dlq"}, environ={})
+    service = DetectorService(settings)
+    stop = asyncio.Event()
+    started: list[float] = []
+
+    async def watch() -> None:
+        while service.messages_seen < n:
+            if not started and service.messages_seen:
+                started.append(time.perf_counter())
+            await asyncio.sleep(0.01)
+        stop.set()
+
+    watcher = asyncio.create_task(watch())
+    await service.run(stop)
+    await watcher
+    return n / (time.perf_counter() - started[0])
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--reports", type=int, default=1_000_000)
+    parser.add_argument("--services", type=int, default=2_000)
+    parser.add_argument("--partitions", type=int, default=4)
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+    with EmbeddedBroker() as broker:
+        await fill(broker.bootstrap_servers, args.reports, args.services, args.partitions)
+        bare, detector = [], []
+        for round_ in range(args.rounds):
+            bare.append(await bare_loop(broker.bootstrap_servers, args.reports, f"bare-{round_}"))
+            detector.append(
+                await detector_loop(broker.bootstrap_servers, args.reports, f"det-{round_}")
+            )
+            print(f"round {round_ + 1}: bare {bare[-1]:,.0f}/s  detector {detector[-1]:,.0f}/s",
+                  file=sys.stderr)
+    b, d = statistics.median(bare), statistics.median(detector)
+    print(f"reports={args.reports} services={args.services} partitions={args.partitions} "
+          f"rounds={args.rounds}")
+    print(f"bare aiokafka + orjson: median {b:,.0f} events/s")
+    print(f"stream_detector:        median {d:,.0f} events/s")
+    print(f"ratio detector/bare:    {d / b:.2f}")
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
