@@ -7,7 +7,6 @@ type checks, and builds no object beyond the tuple it returns.
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import NamedTuple
 
 import orjson
 
@@ -37,20 +36,17 @@ class InvalidReport(ValueError):
         self.detail = detail
 
 
-class Report(NamedTuple):
-    service: str
-    ts_ms: int
-    region: str | None
-    problem: str | None
-    reporter: str | None
+# (service, ts_ms, region, problem, reporter): a plain tuple, because one is
+# built per report and a named tuple costs noticeably more on this path.
+Report = tuple[str, int, "str | None", "str | None", "str | None"]
 
 
 def decode_report(raw: bytes) -> Report:
     """Validate one message value.
 
     >>> decode_report(b'{"service": "x", "ts": 1767571200971, "region": "US"}')
-    Report(service='x', ts_ms=1767571200971, region='US', problem=None, reporter=None)
-    >>> decode_report(b'{"service": "x", "ts": "2026-01-05T00:00:00Z"}').ts_ms
+    ('x', 1767571200971, 'US', None, None)
+    >>> decode_report(b'{"service": "x", "ts": "2026-01-05T00:00:00Z"}')[1]
     1767571200000
     >>> decode_report(b'{"ts": 1}')
     Traceback (most recent call last):
@@ -65,38 +61,43 @@ def decode_report(raw: bytes) -> Report:
         raise InvalidReport(NOT_JSON, str(exc)) from None
     if type(doc) is not dict:
         raise InvalidReport(NOT_OBJECT, f"expected a JSON object, got {type(doc).__name__}")
-    service = doc.get("service")
-    ts = doc.get("ts")
+    get = doc.get
+    service = get("service")
+    ts = get("ts")
+    # The common case is checked inline; the helpers only run to name what is wrong.
+    if type(service) is not str or not 0 < len(service) <= MAX_FIELD_CHARS:
+        _reject_service(service)
+    if type(ts) is not int or not MIN_TS_MS <= ts < MAX_TS_MS:
+        ts = _timestamp_ms(ts)
+    region = get("region")
+    problem = get("problem")
+    reporter = get("reporter")
+    if region is not None and (type(region) is not str or len(region) > MAX_FIELD_CHARS):
+        _reject_text("region", region)
+    if problem is not None and (type(problem) is not str or len(problem) > MAX_FIELD_CHARS):
+        _reject_text("problem", problem)
+    if reporter is not None and (type(reporter) is not str or len(reporter) > MAX_FIELD_CHARS):
+        _reject_text("reporter", reporter)
+    return service, ts, region or None, problem or None, reporter or None
+
+
+def _reject_service(service: object) -> None:
     if service is None:
         raise InvalidReport(MISSING_FIELD, "'service' is required")
-    if ts is None:
-        raise InvalidReport(MISSING_FIELD, "'ts' is required")
     if type(service) is not str or not service:
         raise InvalidReport(BAD_TYPE, "'service' must be a non-empty string")
-    if len(service) > MAX_FIELD_CHARS:
-        raise InvalidReport(TOO_LARGE, f"'service' is longer than {MAX_FIELD_CHARS} characters")
-    ts_ms = _timestamp_ms(ts)
-    return Report(
-        service,
-        ts_ms,
-        _optional_text(doc, "region"),
-        _optional_text(doc, "problem"),
-        _optional_text(doc, "reporter"),
-    )
+    raise InvalidReport(TOO_LARGE, f"'service' is longer than {MAX_FIELD_CHARS} characters")
 
 
-def _optional_text(doc: dict, name: str) -> str | None:
-    value = doc.get(name)
-    if value is None:
-        return None
+def _reject_text(name: str, value: object) -> None:
     if type(value) is not str:
         raise InvalidReport(BAD_TYPE, f"'{name}' must be a string")
-    if len(value) > MAX_FIELD_CHARS:
-        raise InvalidReport(TOO_LARGE, f"'{name}' is longer than {MAX_FIELD_CHARS} characters")
-    return value or None
+    raise InvalidReport(TOO_LARGE, f"'{name}' is longer than {MAX_FIELD_CHARS} characters")
 
 
 def _timestamp_ms(ts: object) -> int:
+    if ts is None:
+        raise InvalidReport(MISSING_FIELD, "'ts' is required")
     # bool is an int subclass; `true` is never a timestamp.
     if type(ts) is int:
         ts_ms = ts
