@@ -13,6 +13,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from prometheus_client.parser import text_string_to_metric_families
 
 from stream_detector.app import serve
+from stream_detector.backtest import replay_events
 from stream_detector.config import load_settings
 from tests.conftest import wait_for
 
@@ -149,6 +150,10 @@ async def test_outage_fires_then_resolves_with_breakdowns(broker, detector):
     assert ("stream_detector_service_expected_reports", (("service", "y"),)) in metrics
     assert metrics[("stream_detector_bucket_scoring_seconds_count", ())] > 0
     assert any(name == "stream_detector_consumer_lag_messages" for name, _ in metrics)
+
+    # Offline equals online: backtest over the same reports publishes the same alerts.
+    offline = replay_events((orjson.dumps(r) for r in reports), settings.detector_config())
+    assert [a for bucket in offline for a in bucket.alerts] == alerts
 
 
 async def test_bad_late_and_duplicate_reports(broker, detector):
