@@ -109,7 +109,11 @@ class DetectorService:
     async def start(self) -> None:
         s = self.settings
         self.producer = build_producer(s)
-        await start_client(self.producer, s)
+        try:
+            await start_client(self.producer, s)
+        except BrokerUnreachable:
+            await self.producer.stop()
+            raise
         self.consumer = AIOKafkaConsumer(
             **s.kafka_client_options(),
             group_id=s.group_id,

@@ -29,8 +29,10 @@ def one_sentence_error(proc: subprocess.Popen, timeout: float = 60) -> str:
     _, err = proc.communicate(timeout=timeout)
     assert proc.returncode == 2, err
     assert "Traceback" not in err
-    lines = [line for line in err.splitlines() if line.strip()]
+    # Structured log lines may come first; the error itself is one plain sentence.
+    lines = [line for line in err.splitlines() if line.strip() and not line.startswith("{")]
     assert len(lines) == 1, err
+    assert lines[0].startswith("stream-detector: error: ")
     return lines[0]
 
 
