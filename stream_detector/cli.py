@@ -157,11 +157,12 @@ COMMANDS = {"run": cmd_run, "simulate": cmd_simulate, "backtest": cmd_backtest, 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from stream_detector.embedded import EmbeddedBrokerError
-    from stream_detector.io.kafka import BrokerUnreachable
+    from stream_detector.io.kafka import BrokerUnreachable, StateUnusable
 
     try:
         return COMMANDS[args.command](args)
-    except (ConfigError, UsageError, BrokerUnreachable, EmbeddedBrokerError, ValueError) as exc:
+    except (ConfigError, UsageError, BrokerUnreachable, StateUnusable, EmbeddedBrokerError,
+            ValueError) as exc:
         print(f"stream-detector: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

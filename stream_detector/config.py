@@ -100,7 +100,9 @@ class Settings:
     alertmanager_url: str | None = None
     log_format: str = "auto"
     log_level: str = "INFO"
-    commit_interval: float = 5.0
+    checkpoint_interval: float = 10.0
+    state_store: str = "kafka"
+    state_dir: str = "stream-detector-state"
     shutdown_timeout: float = 10.0
     security_protocol: str = "PLAINTEXT"
     ssl_cafile: str | None = None
@@ -147,7 +149,7 @@ class Settings:
 
 
 _DURATIONS = {
-    "bucket", "allowed_lateness", "idle_timeout", "max_future", "commit_interval",
+    "bucket", "allowed_lateness", "idle_timeout", "max_future", "checkpoint_interval",
     "shutdown_timeout",
 }
 
@@ -178,6 +180,8 @@ def _validate(s: Settings) -> None:
         raise ConfigError(f"setting metrics_port: {s.metrics_port} is not a TCP port")
     if not 0 < s.open_score <= s.critical_score <= 1:
         raise ConfigError("setting open_score: needs 0 < open_score <= critical_score <= 1")
+    if s.state_store not in ("kafka", "local", "none"):
+        raise ConfigError("setting state_store: must be kafka, local or none")
     if s.log_format not in ("auto", "json", "text"):
         raise ConfigError("setting log_format: must be auto, json or text")
     if s.security_protocol not in ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"):

@@ -91,7 +91,7 @@ async def run_demo(out=sys.stdout) -> int:
         port = _port()
         settings = load_settings({
             "bootstrap_servers": bootstrap, "metrics_port": port, "metrics_host": "127.0.0.1",
-            "idle_timeout": "2s", "commit_interval": "1s", "log_level": "WARNING",
+            "idle_timeout": "2s", "checkpoint_interval": "1s", "log_level": "WARNING",
         }, environ={})
         await _create_topics(bootstrap, [settings.reports_topic, settings.alerts_topic,
                                          settings.dlq_topic])

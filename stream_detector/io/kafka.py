@@ -5,9 +5,17 @@ partitions), one producer, a `PartitionDetector` per assigned partition and the
 metrics. Per report the loop does no `await` and no logging: messages arrive
 in batches from `getmany`, and everything slow happens once per batch.
 
-Offsets are committed only after every alert produced so far has been
-delivered, so an alert is never lost behind a committed offset (it may be
-re-sent after a crash, with the same `alert_id`).
+The checkpoint protocol, in this order and for these reasons:
+1. wait until every alert and dead letter produced so far is delivered, so
+   no output is lost behind a committed offset;
+2. store each changed partition's snapshot, tagged with the offset of the
+   next report it has not seen, and wait for its delivery, so the offset
+   is never committed ahead of the state that counted those reports;
+3. commit those offsets.
+A crash anywhere in between replays reports onto the state that did not
+count them yet: alerts may be re-sent, with the same `alert_id` and content,
+and nothing is counted twice. On assign, a partition is restored from its
+snapshot and consumption resumes at the offset the snapshot covers.
 """
 
 from __future__ import annotations
@@ -23,6 +31,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListen
 from aiokafka.errors import KafkaConnectionError, KafkaError
 
 from stream_detector.config import Settings
+from stream_detector.core import snapshot
 from stream_detector.core.detector import (
     INVALID,
     OUTCOMES,
@@ -31,6 +40,7 @@ from stream_detector.core.detector import (
 )
 from stream_detector.core.events import InvalidReport
 from stream_detector.io.metrics import DetectorMetrics
+from stream_detector.io.state import KafkaSnapshotStore, LocalSnapshotStore
 
 log = logging.getLogger("stream_detector")
 
@@ -39,6 +49,10 @@ MAX_BATCH = 10_000
 
 class BrokerUnreachable(RuntimeError):
     """The broker named by `bootstrap_servers` did not answer."""
+
+
+class StateUnusable(RuntimeError):
+    """Stored state exists but cannot be used with these settings."""
 
 
 def wall_ms() -> int:
@@ -78,6 +92,7 @@ class _Rebalance(ConsumerRebalanceListener):
     async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
         partitions = sorted(tp.partition for tp in assigned)
         log.info("partitions assigned", extra={"partitions": partitions})
+        await self.service.restore(assigned)
         self.service.assigned = True
 
 
@@ -103,6 +118,10 @@ class DetectorService:
         self.messages_seen = 0
         self.connected = False
         self.assigned = False
+        self.store: KafkaSnapshotStore | LocalSnapshotStore | None = None
+        self.store_ready = False
+        self.dirty: set[int] = set()
+        self.fatal: Exception | None = None
 
     # -- lifecycle -------------------------------------------------------
 
@@ -126,6 +145,10 @@ class DetectorService:
         except BrokerUnreachable:
             await self.producer.stop()
             raise
+        if s.state_store == "kafka":
+            self.store = KafkaSnapshotStore(self.producer, s.kafka_client_options(), s.state_topic)
+        elif s.state_store == "local":
+            self.store = LocalSnapshotStore(s.state_dir)
         self.consumer.subscribe([s.reports_topic], listener=_Rebalance(self))
         self.connected = True
         self.metrics.kafka_connected.set(1)
@@ -166,6 +189,8 @@ class DetectorService:
         stop_wait = asyncio.ensure_future(stop.wait())
         try:
             while not stop.is_set():
+                if self.fatal is not None:
+                    raise self.fatal
                 fetch = asyncio.ensure_future(
                     consumer.getmany(timeout_ms=200, max_records=MAX_BATCH)
                 )
@@ -175,7 +200,7 @@ class DetectorService:
                     break
                 await self.process_batch(fetch.result())
                 await self.close_buckets()
-                if time.monotonic() - last_commit >= self.settings.commit_interval:
+                if time.monotonic() - last_commit >= self.settings.checkpoint_interval:
                     await self._checkpoint()
                     self._update_lag()
                     last_commit = time.monotonic()
@@ -199,6 +224,7 @@ class DetectorService:
             if messages:
                 self.next_offsets[tp] = messages[-1].offset + 1
                 self.messages_seen += len(messages)
+                self.dirty.add(tp.partition)
         self.metrics.count_outcomes(counts)
 
     async def close_buckets(self) -> None:
@@ -208,6 +234,7 @@ class DetectorService:
             started = time.perf_counter()
             buckets = detector.advance(now)
             if buckets:
+                self.dirty.add(partition)
                 per_bucket = (time.perf_counter() - started) / len(buckets)
                 for _ in buckets:
                     self.metrics.scoring_seconds.observe(per_bucket)
@@ -258,7 +285,7 @@ class DetectorService:
     # -- offsets and partitions -----------------------------------------
 
     async def _checkpoint(self, partitions: list[TopicPartition] | None = None) -> None:
-        """Wait for every alert and dead letter to be delivered, then commit."""
+        """Deliver outputs, store changed snapshots, then commit (see the module docstring)."""
         pending, self.pending = self.pending, []
         if pending:
             await asyncio.gather(*pending)
@@ -266,8 +293,46 @@ class DetectorService:
             tp: off for tp, off in self.next_offsets.items()
             if partitions is None or tp in partitions
         }
+        if self.store is not None:
+            model = self.settings.model
+            for tp, offset in offsets.items():
+                detector = self.detectors.get(tp.partition)
+                if detector is not None and tp.partition in self.dirty:
+                    await self.store.save(tp.partition, snapshot.encode(detector, model), offset)
+                    self.dirty.discard(tp.partition)
         if offsets and self.consumer is not None:
             await self.consumer.commit(offsets)
+
+    async def restore(self, assigned: list[TopicPartition]) -> None:
+        """Load assigned partitions' snapshots and resume each at the offset it covers."""
+        assert self.consumer is not None
+        try:
+            if isinstance(self.store, KafkaSnapshotStore) and not self.store_ready:
+                count = len(self.consumer.partitions_for_topic(self.settings.reports_topic) or ())
+                await self.store.ensure_topic(max(count, 1))
+                self.store_ready = True
+            for tp in assigned:
+                committed = await self.consumer.committed(tp)
+                stored = await self.store.load(tp.partition, committed) if self.store else None
+                if stored is None:
+                    self.detectors.pop(tp.partition, None)
+                    continue
+                self.detectors[tp.partition] = snapshot.decode(
+                    stored.data, self.detector_config, wall_ms()
+                )
+                self.next_offsets[tp] = stored.offset
+                self.consumer.seek(tp, stored.offset)
+                log.info("partition restored", extra={
+                    "partition": tp.partition, "offset": stored.offset,
+                    "series": len(self.detectors[tp.partition].models),
+                })
+        except snapshot.SnapshotError as exc:
+            # Raised from inside the rebalance listener, which would only log
+            # it; the consume loop picks it up and stops the service.
+            self.fatal = StateUnusable(
+                f"setting state_topic: stored state in {self.settings.state_topic} "
+                f"cannot be used: {exc}"
+            )
 
     async def release(self, revoked: list[TopicPartition]) -> None:
         if not revoked:
@@ -280,6 +345,7 @@ class DetectorService:
         for tp in revoked:
             self.detectors.pop(tp.partition, None)
             self.next_offsets.pop(tp, None)
+            self.dirty.discard(tp.partition)
             with contextlib.suppress(KeyError):
                 self.metrics.lag.remove(tp.topic, str(tp.partition))
 

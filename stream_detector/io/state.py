@@ -1,0 +1,181 @@
+"""Where partition snapshots live: a compacted Kafka changelog topic, or a local directory.
+
+Both stores keep two slots per partition and write them in turn. A snapshot
+is tagged with the source offset it covers; offsets are committed only after
+it is stored (see `checkpoint` in `io/kafka.py`). If the process dies between
+storing and committing, the newest snapshot covers reports whose offsets were
+never committed; replaying those onto it would count them twice, so `load`
+takes the newest snapshot that is not ahead of the committed offset, which is
+the other slot's.
+
+In Kafka, snapshot `p` goes to partition `p % partitions` of the changelog,
+keyed `<p>/<slot>/<chunk>` plus a manifest `<p>/<slot>/m`, so one partition's
+state restores alone and compaction keeps exactly the latest of each key.
+Large snapshots are split into chunks below the broker's message size limit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import orjson
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import TopicAlreadyExistsError
+
+CHUNK_BYTES = 512 * 1024
+
+
+@dataclass(frozen=True)
+class StoredSnapshot:
+    data: bytes
+    offset: int
+    """The source offset the snapshot covers: consumption resumes here."""
+    generation: int
+
+
+@dataclass(frozen=True)
+class Manifest:
+    generation: int
+    offset: int
+    chunks: int
+    crc: int
+
+
+def _pick(candidates: list[StoredSnapshot], committed: int | None) -> StoredSnapshot | None:
+    usable = [s for s in candidates if committed is not None and s.offset <= committed]
+    return max(usable, key=lambda s: s.generation, default=None)
+
+
+class LocalSnapshotStore:
+    """Snapshots as files, for a single process without a broker-side changelog."""
+
+    def __init__(self, directory: str | Path):
+        self.directory = Path(directory)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.generation: dict[int, int] = {}
+
+    async def load(self, partition: int, committed: int | None) -> StoredSnapshot | None:
+        found = []
+        for slot in (0, 1):
+            path = self.directory / f"partition-{partition}.{slot}.snap"
+            if not path.exists():
+                continue
+            raw = path.read_bytes()
+            header, _, data = raw.partition(b"\n")
+            meta = orjson.loads(header)
+            if zlib.crc32(data) == meta["crc"]:
+                found.append(StoredSnapshot(data, meta["offset"], meta["generation"]))
+        if found:
+            self.generation[partition] = max(s.generation for s in found)
+        return _pick(found, committed)
+
+    async def save(self, partition: int, data: bytes, offset: int) -> None:
+        generation = self.generation.get(partition, 0) + 1
+        self.generation[partition] = generation
+        path = self.directory / f"partition-{partition}.{generation % 2}.snap"
+        header = orjson.dumps({"generation": generation, "offset": offset,
+                               "crc": zlib.crc32(data)})
+        tmp = path.with_suffix(".tmp")
+        with tmp.open("wb") as fh:
+            fh.write(header + b"\n" + data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        tmp.replace(path)  # atomic: a crash leaves the old file or the new one
+
+
+class KafkaSnapshotStore:
+    """Snapshots in a compacted changelog topic on the same cluster."""
+
+    def __init__(self, producer: AIOKafkaProducer, client_options: dict, topic: str):
+        self.producer = producer
+        self.client_options = client_options
+        self.topic = topic
+        self.partitions = 1
+        self.generation: dict[int, int] = {}
+
+    async def ensure_topic(self, partitions: int) -> None:
+        """Create the changelog (compacted) if missing; use as many partitions as it has."""
+        admin = AIOKafkaAdminClient(**self.client_options)
+        await admin.start()
+        try:
+            await admin.create_topics([NewTopic(
+                self.topic, max(partitions, 1), 1,
+                topic_configs={"cleanup.policy": "compact"},
+            )])
+        except TopicAlreadyExistsError:
+            pass
+        finally:
+            await admin.close()
+        found = await self._partition_count()
+        self.partitions = found or max(partitions, 1)
+
+    async def _partition_count(self) -> int:
+        await self.producer.client.force_metadata_update()
+        found = self.producer.client.cluster.partitions_for_topic(self.topic)
+        return len(found) if found else 0
+
+    async def save(self, partition: int, data: bytes, offset: int) -> None:
+        generation = self.generation.get(partition, 0) + 1
+        self.generation[partition] = generation
+        slot = generation % 2
+        target = partition % self.partitions
+        chunks = [data[i:i + CHUNK_BYTES] for i in range(0, len(data), CHUNK_BYTES)] or [b""]
+        futures = []
+        for i, chunk in enumerate(chunks):
+            futures.append(await self.producer.send(
+                self.topic, chunk, key=f"{partition}/{slot}/{i}".encode(), partition=target,
+                headers=[("generation", str(generation).encode())],
+            ))
+        manifest = {"generation": generation, "offset": offset, "chunks": len(chunks),
+                    "crc": zlib.crc32(data)}
+        # The manifest goes last: a manifest that is there means its chunks are too.
+        futures.append(await self.producer.send(
+            self.topic, orjson.dumps(manifest), key=f"{partition}/{slot}/m".encode(),
+            partition=target,
+        ))
+        await asyncio.gather(*futures)
+
+    async def load(self, partition: int, committed: int | None) -> StoredSnapshot | None:
+        latest = await self._read_partition(partition % self.partitions, f"{partition}/")
+        found = []
+        for slot in (0, 1):
+            raw = latest.get(f"{partition}/{slot}/m")
+            if raw is None:
+                continue
+            meta = orjson.loads(raw[0])
+            parts = [latest.get(f"{partition}/{slot}/{i}") for i in range(meta["chunks"])]
+            if any(p is None or p[1] != meta["generation"] for p in parts):
+                continue  # chunks of another generation: that write never finished
+            data = b"".join(p[0] for p in parts)
+            if zlib.crc32(data) == meta["crc"]:
+                found.append(StoredSnapshot(data, meta["offset"], meta["generation"]))
+        if found:
+            self.generation[partition] = max(s.generation for s in found)
+        return _pick(found, committed)
+
+    async def _read_partition(self, target: int, prefix: str) -> dict[str, tuple[bytes, int]]:
+        """Latest value (and generation header) per key with `prefix` in one changelog partition."""
+        tp = TopicPartition(self.topic, target)
+        consumer = AIOKafkaConsumer(**self.client_options, enable_auto_commit=False)
+        await consumer.start()
+        latest: dict[str, tuple[bytes, int]] = {}
+        try:
+            consumer.assign([tp])
+            end = (await consumer.end_offsets([tp]))[tp]
+            await consumer.seek_to_beginning(tp)
+            while await consumer.position(tp) < end:
+                batch = await consumer.getmany(tp, timeout_ms=500)
+                for msg in batch.get(tp, []):
+                    key = msg.key.decode() if msg.key else ""
+                    if key.startswith(prefix):
+                        headers = dict(msg.headers or ())
+                        generation = int(headers.get("generation", b"0"))
+                        latest[key] = (msg.value, generation)
+        finally:
+            await consumer.stop()
+        return latest

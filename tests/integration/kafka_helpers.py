@@ -1,0 +1,85 @@
+"""Producing, consuming and scraping for the integration tests."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import urllib.error
+import urllib.request
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.conftest import wait_for
+
+T0 = 1_767_571_200_000
+MINUTE = 60_000
+
+
+def traffic(rng: random.Random, minutes: int, outage: range) -> list[dict]:
+    """Steady reports for 'x' and 'y', and an outage of 'x' in `outage` minutes."""
+    reports = []
+    for minute in range(minutes):
+        for service, normal in (("x", 20), ("y", 5)):
+            n = 400 if service == "x" and minute in outage else rng.randint(normal - 3, normal + 3)
+            for _ in range(n):
+                problem = "login" if minute in outage else rng.choice(["app", "website"])
+                reports.append({
+                    "service": service,
+                    "ts": T0 + minute * MINUTE + rng.randrange(MINUTE),
+                    "region": rng.choice(["US", "US", "GB", "DE"]),
+                    "problem": problem,
+                    "reporter": f"{rng.getrandbits(48):x}",
+                })
+    reports.sort(key=lambda r: r["ts"])
+    return reports
+
+
+async def produce(bootstrap: str, topic: str, values: list[bytes], keys: list[bytes]) -> None:
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, enable_idempotence=False, linger_ms=5)
+    await producer.start()
+    try:
+        for key, value in zip(keys, values, strict=True):
+            await producer.send(topic, value, key=key)
+        await producer.flush()
+    finally:
+        await producer.stop()
+
+
+async def read_all(bootstrap: str, topic: str, until, timeout: float = 60.0) -> list:
+    """Consume `topic` from the start until `until(messages)` holds."""
+    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest")
+    await consumer.start()
+    messages: list = []
+    try:
+        async def done() -> bool:
+            batch = await consumer.getmany(timeout_ms=200)
+            for msgs in batch.values():
+                messages.extend(msgs)
+            return until(messages)
+
+        await wait_for(done, timeout)
+    finally:
+        await consumer.stop()
+    return messages
+
+
+def http_get(port: int, path: str) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+
+
+async def scrape(port: int) -> dict:
+    """Parse /metrics with prometheus-client's own parser (off the loop the server runs on)."""
+    _, raw = await asyncio.to_thread(http_get, port, "/metrics")
+    body = raw.decode()
+    values = {}
+    for family in text_string_to_metric_families(body):
+        for sample in family.samples:
+            values[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return values
+
+
