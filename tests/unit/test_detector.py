@@ -30,6 +30,9 @@ def report(service="x", ts=T0, region=None, problem=None, reporter=None) -> byte
 
 
 def detector(**kw) -> PartitionDetector:
+    # The baseline warms up in an hour; these tests are about the core's
+    # mechanics, not about how good a model is (tests/unit/test_models.py).
+    kw.setdefault("model", "ewma")
     kw.setdefault("lateness_ms", 5_000)
     return PartitionDetector(DetectorConfig(**kw))
 

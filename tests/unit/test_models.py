@@ -1,0 +1,205 @@
+"""The per-series models on synthetic series whose answers are known."""
+
+from __future__ import annotations
+
+import math
+import pickle
+import random
+
+import pytest
+from river import stats
+
+from stream_detector.core.models import DEFAULT_MODEL, MODELS, model_factory
+from stream_detector.core.models import seasonal_poisson as sp
+from stream_detector.core.models.seasonal_poisson import SeasonalPoissonModel
+
+T0 = 1_767_571_200  # Monday 2026-01-05 00:00 UTC
+MINUTE = 60
+DAY = 1440  # minutes
+ALERT = 0.99
+
+
+def poisson(rng: random.Random, lam: float) -> int:
+    """A Poisson draw (Knuth's method for small means, a rounded normal for large)."""
+    if lam > 50:
+        return max(0, round(rng.gauss(lam, math.sqrt(lam))))
+    limit, k, p = math.exp(-lam), 0, 1.0
+    while True:
+        p *= rng.random()
+        if p <= limit:
+            return k
+        k += 1
+
+
+def feed(model, minutes, rate, rng, weight_after_alert=1.0) -> list[float]:
+    """Score then learn one bucket per minute; returns the scores."""
+    scores = []
+    for i in minutes:
+        x = poisson(rng, rate(i))
+        s = model.score_one(T0 + MINUTE * i, x).score
+        model.learn_one(T0 + MINUTE * i, x, weight_after_alert if s >= ALERT else 1.0)
+        scores.append(s)
+    return scores
+
+
+def test_the_seasonal_model_is_the_default():
+    assert DEFAULT_MODEL == "seasonal-poisson"
+    assert isinstance(model_factory(DEFAULT_MODEL)(60.0), SeasonalPoissonModel)
+
+
+@pytest.mark.parametrize("rate", [0.2, 3.0, 20.0])
+def test_a_flat_poisson_series_never_alerts(rate):
+    rng = random.Random(7)
+    model = SeasonalPoissonModel(60)
+    scores = feed(model, range(14 * DAY), lambda i: rate, rng)
+    assert max(scores) < ALERT
+
+
+@pytest.mark.parametrize("rate", [3.0, 20.0])
+def test_a_tenfold_step_alerts_within_two_buckets(rate):
+    rng = random.Random(3)
+    model = SeasonalPoissonModel(60)
+    feed(model, range(3 * DAY), lambda i: rate, rng)
+    start = 3 * DAY
+    first = model.score_one(T0 + MINUTE * start, 10 * rate).score
+    model.learn_one(T0 + MINUTE * start, 10 * rate, 0.0 if first >= ALERT else 1.0)
+    second = model.score_one(T0 + MINUTE * (start + 1), 10 * rate).score
+    assert max(first, second) >= ALERT
+
+
+def test_a_recurring_daily_peak_is_learned():
+    """A 3-fold hour every evening alerts at first and no more once it is the rhythm."""
+    rng = random.Random(5)
+    model = SeasonalPoissonModel(60)
+
+    def rate(i: int) -> float:
+        evening = (i % DAY) // 60 == 18
+        return 60.0 if evening and i >= 3 * DAY else 20.0
+
+    scores = feed(model, range(24 * DAY), rate, rng)
+    alerts_by_day = [sum(s >= ALERT for s in scores[d * DAY:(d + 1) * DAY]) for d in range(24)]
+    assert alerts_by_day[3] > 0  # the first evening is news
+    # Weekday evenings: learned within about ten days (the slot's half-life is 7).
+    assert sum(alerts_by_day[14:19]) == 0, alerts_by_day
+
+
+def test_a_drop_is_scored_down_and_not_up():
+    rng = random.Random(11)
+    up, down = SeasonalPoissonModel(60), SeasonalPoissonModel(60, "down")
+    for model in (up, down):
+        feed(model, range(3 * DAY), lambda i: 50.0, rng)
+    t = T0 + MINUTE * 3 * DAY
+    assert up.score_one(t, 0).score < 0.5
+    # Reports stop: the second empty bucket alerts (the first one may be chance).
+    down.score_one(t, 0)
+    down.learn_one(t, 0)
+    assert down.score_one(t + MINUTE, 0).score >= ALERT
+
+
+def test_warm_up_scores_zero():
+    model = SeasonalPoissonModel(60, warmup_seconds=6 * 3600)
+    rng = random.Random(1)
+    scores = feed(model, range(6 * 60 - 1), lambda i: 10.0, rng)
+    assert set(scores) == {0.0}
+    assert model.score_one(T0 + MINUTE * (6 * 60 - 1), 10_000).score == 0.0
+
+
+def test_learn_zeros_is_close_to_learning_zeros_one_by_one():
+    rng = random.Random(2)
+    stepwise, at_once = SeasonalPoissonModel(60), SeasonalPoissonModel(60)
+    history = [poisson(rng, 4.0) for _ in range(4 * DAY)]
+    for model in (stepwise, at_once):
+        for i, x in enumerate(history):
+            model.score_one(T0 + MINUTE * i, x)
+            model.learn_one(T0 + MINUTE * i, x)
+    gap_start, gap_end = 4 * DAY, 4 * DAY + 7 * 60  # seven quiet hours
+    for i in range(gap_start, gap_end):
+        stepwise.score_one(T0 + MINUTE * i, 0)
+        stepwise.learn_one(T0 + MINUTE * i, 0)
+    at_once.learn_zeros(T0 + MINUTE * gap_start, T0 + MINUTE * gap_end)
+    t = T0 + MINUTE * gap_end
+    for x in (0, 4, 12, 40):
+        a, b = stepwise.score_one(t, x), at_once.score_one(t, x)
+        assert b.expected == pytest.approx(a.expected, rel=0.02)
+        assert b.spread == pytest.approx(a.spread, rel=0.05)
+        assert b.score == pytest.approx(a.score, abs=0.02)
+
+
+def test_learn_zeros_cost_is_bounded_by_slots_not_buckets(monkeypatch):
+    calls = 0
+    slot = sp.calendar_slot
+
+    def counted(t):
+        nonlocal calls
+        calls += 1
+        return slot(t)
+
+    monkeypatch.setattr(sp, "calendar_slot", counted)
+    model = SeasonalPoissonModel(60)
+    model.learn_one(T0, 5)
+    model.learn_zeros(T0 + MINUTE, T0 + MINUTE + 365 * 86_400)  # a year of empty minutes
+    assert calls <= 2 * 7 * 24 + 2
+    assert model.last_t == T0 + 365 * 86_400
+    assert sum(sp._buckets_per_slot(T0, 525_600, 60).values()) == 525_600
+
+
+def test_state_pickles_and_round_trips():
+    rng = random.Random(4)
+    model = SeasonalPoissonModel(300, "both")
+    for i in range(2000):
+        x = poisson(rng, 8.0)
+        model.score_one(T0 + 300 * i, x)
+        model.learn_one(T0 + 300 * i, x)
+    data = pickle.dumps(model)
+    assert len(data) <= 2048
+    copy = pickle.loads(data)
+    for i in range(2000, 2100):
+        x = poisson(rng, 8.0)
+        assert copy.score_one(T0 + 300 * i, x) == model.score_one(T0 + 300 * i, x)
+        copy.learn_one(T0 + 300 * i, x)
+        model.learn_one(T0 + 300 * i, x)
+
+
+def test_profile_updates_are_rivers_ew_mean():
+    """With clipping out of the way, one slot's profile is river's EWMean of its values."""
+    model = SeasonalPoissonModel(300, learn_clip=1e9)
+    a = model.settings.a_profile
+    reference = stats.EWMean(fading_factor=a)
+    rng = random.Random(9)
+    for i in range(12):  # the first hour: slot 0
+        x = float(rng.randint(0, 30))
+        model.learn_one(T0 + 300 * i, x)
+        reference.update(x)
+    assert model.profile[0] == pytest.approx(reference.get(), rel=1e-12)
+
+
+def test_fractional_values_are_scored_as_a_metric():
+    rng = random.Random(6)
+    model = SeasonalPoissonModel(60)
+    for i in range(3 * DAY):
+        x = 0.5 + rng.gauss(0, 0.01)
+        model.score_one(T0 + MINUTE * i, x)
+        model.learn_one(T0 + MINUTE * i, x)
+    assert model.unit == 0.0
+    t = T0 + MINUTE * 3 * DAY
+    assert model.score_one(t, 0.51).score < 0.5
+    assert model.score_one(t, 0.8).score >= ALERT
+
+
+def test_bad_settings_are_refused():
+    with pytest.raises(ValueError, match="direction"):
+        SeasonalPoissonModel(60, "sideways")
+    with pytest.raises(ValueError, match="bucket_seconds"):
+        SeasonalPoissonModel(0)
+    with pytest.raises(TypeError, match="unknown"):
+        SeasonalPoissonModel(60, warmup=5)
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_every_registered_model_speaks_the_protocol(name):
+    model = MODELS[name](60.0)
+    model.learn_one(T0, 3)
+    model.learn_zeros(T0 + 60, T0 + 600)
+    scored = model.score_one(T0 + 600, 4)
+    assert 0.0 <= scored.score <= 1.0 and scored.spread >= 0.0
+    model.learn_one(T0 + 600, 4, 0.5)
