@@ -1,0 +1,159 @@
+"""Pushing incidents to Alertmanager's v2 API, beside the alerts topic.
+
+The mapping from our alert message to Alertmanager's alert is a pure function
+so it can be tested without a server; the client only does the HTTP call, in a
+thread, because urllib is blocking and a new HTTP dependency is not worth one
+POST per closed bucket.
+
+Alertmanager identifies an alert by its label set. Our firing alerts carry no
+`endsAt`, so Alertmanager keeps each one active for its `resolve_timeout`; the
+detector re-sends a firing message every closed bucket, which keeps it active
+for as long as the incident lasts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import urllib.error
+import urllib.request
+
+import orjson
+
+ALERTNAME = "ServiceOutage"
+API_PATH = "/api/v2/alerts"
+
+
+class AlertmanagerError(RuntimeError):
+    """Alertmanager could not be reached or refused the alerts; the message names the URL."""
+
+
+def to_alertmanager(alert: dict, generator_url: str | None = None) -> dict:
+    """One alert message from the alerts topic as an Alertmanager v2 alert.
+
+    >>> am = to_alertmanager({
+    ...     "alert_id": "shop/*/2024-05-01T12:00:00Z", "status": "firing", "service": "shop",
+    ...     "region": None, "severity": "warning", "started_at": "2024-05-01T12:00:00Z",
+    ...     "ended_at": None, "bucket_start": "2024-05-01T12:03:00Z", "bucket_seconds": 60,
+    ...     "reports": 120, "expected": 8.5, "score": 0.9995,
+    ...     "regions": [["US", 100], ["GB", 20]], "problems": [["login", 90]]})
+    >>> am["labels"]["alertname"], am["labels"]["severity"], "endsAt" in am
+    ('ServiceOutage', 'warning', False)
+    >>> am["annotations"]["regions"]
+    'US 100, GB 20'
+    """
+    labels = {
+        "alertname": ALERTNAME,
+        "service": str(alert["service"]),
+        "severity": str(alert["severity"]),
+        "alert_id": str(alert["alert_id"]),
+    }
+    # A service-wide incident has no region label at all (rather than an empty
+    # one), so routes and inhibitions can match on its absence.
+    if alert.get("region") is not None:
+        labels["region"] = str(alert["region"])
+
+    where = f" in {alert['region']}" if alert.get("region") is not None else ""
+    summary = (
+        f"{alert['service']}{where}: {alert['reports']} problem reports in the "
+        f"{alert['bucket_seconds']}s bucket from {alert['bucket_start']}, "
+        f"expected about {alert['expected']}"
+    )
+    annotations = {
+        "summary": summary,
+        "reports": str(alert["reports"]),
+        "expected": str(alert["expected"]),
+        "score": str(alert["score"]),
+        "bucket_start": str(alert["bucket_start"]),
+        "regions": _format_top(alert.get("regions") or []),
+        "problems": _format_top(alert.get("problems") or []),
+    }
+    mapped: dict = {
+        "labels": labels,
+        "annotations": annotations,
+        "startsAt": alert["started_at"],
+    }
+    if alert["status"] == "resolved":
+        if not alert.get("ended_at"):
+            raise ValueError(f"resolved alert {alert['alert_id']} has no ended_at")
+        mapped["endsAt"] = alert["ended_at"]
+    elif alert["status"] != "firing":
+        raise ValueError(f"alert {alert['alert_id']} has unknown status {alert['status']!r}")
+    if generator_url:
+        mapped["generatorURL"] = generator_url
+    return mapped
+
+
+def alertmanager_payload(alerts: list[dict], generator_url: str | None = None) -> list[dict]:
+    """The body to POST for a batch of alert messages.
+
+    Severity only rises within an incident, and it is a label, so a warning
+    that became critical is a different alert to Alertmanager. Every critical
+    message therefore also resolves its warning twin; otherwise the warning
+    would linger until `resolve_timeout` and could page again after the
+    critical one resolved. Resolving an alert Alertmanager never notified
+    about sends nothing.
+
+    >>> critical = {
+    ...     "alert_id": "a/*/2024-05-01T12:00:00Z", "status": "firing", "service": "a",
+    ...     "region": None, "severity": "critical", "started_at": "2024-05-01T12:00:00Z",
+    ...     "ended_at": None, "bucket_start": "2024-05-01T12:05:00Z", "bucket_seconds": 60,
+    ...     "reports": 900, "expected": 10.0, "score": 1.0, "regions": [], "problems": []}
+    >>> [(a["labels"]["severity"], a.get("endsAt")) for a in alertmanager_payload([critical])]
+    [('critical', None), ('warning', '2024-05-01T12:05:00Z')]
+    """
+    payload = []
+    for alert in alerts:
+        payload.append(to_alertmanager(alert, generator_url))
+        if alert["severity"] == "critical":
+            warning = to_alertmanager(
+                {**alert, "severity": "warning", "status": "resolved",
+                 "ended_at": alert.get("ended_at") or alert["bucket_start"]},
+                generator_url,
+            )
+            payload.append(warning)
+    return payload
+
+
+def _format_top(counts: list) -> str:
+    return ", ".join(f"{name} {count}" for name, count in counts)
+
+
+class AlertmanagerClient:
+    """Posts alert messages to one Alertmanager.
+
+    `url` is the Alertmanager's base URL, e.g. ``http://alertmanager:9093``.
+    """
+
+    def __init__(self, url: str, timeout: float = 5.0, generator_url: str | None = None):
+        if not url.startswith(("http://", "https://")):
+            raise ValueError(f"Alertmanager URL {url!r} must start with http:// or https://")
+        self.url = url.rstrip("/")
+        self.timeout = timeout
+        self.generator_url = generator_url
+
+    async def push(self, alerts: list[dict]) -> None:
+        """Send the alerts; raise `AlertmanagerError` if they were not accepted."""
+        if not alerts:
+            return
+        body = orjson.dumps(alertmanager_payload(alerts, self.generator_url))
+        await asyncio.to_thread(self._post, body)
+
+    def _post(self, body: bytes) -> None:
+        endpoint = self.url + API_PATH
+        request = urllib.request.Request(
+            endpoint, data=body, method="POST", headers={"Content-Type": "application/json"}
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout) as response:
+                response.read()
+        except urllib.error.HTTPError as exc:
+            detail = exc.read(500).decode("utf-8", "replace").strip()
+            raise AlertmanagerError(
+                f"Alertmanager at {endpoint} refused the alerts: HTTP {exc.code} {detail}"
+            ) from None
+        except urllib.error.URLError as exc:
+            raise AlertmanagerError(
+                f"Alertmanager at {endpoint} is unreachable: {exc.reason}"
+            ) from None
+        except (TimeoutError, OSError) as exc:
+            raise AlertmanagerError(f"Alertmanager at {endpoint} did not answer: {exc}") from None
