@@ -121,6 +121,7 @@ class DetectorService:
         self.store: KafkaSnapshotStore | LocalSnapshotStore | None = None
         self.store_ready = False
         self.dirty: set[int] = set()
+        self.restoring: set[TopicPartition] = set()
         self.fatal: Exception | None = None
 
     # -- lifecycle -------------------------------------------------------
@@ -211,6 +212,8 @@ class DetectorService:
         counts = dict.fromkeys(OUTCOMES, 0)
         now = wall_ms()
         for tp, messages in batch.items():
+            if tp in self.restoring:
+                continue  # fetched before the pause; read again after the seek
             detector = self.detectors.get(tp.partition)
             if detector is None:
                 detector = self.detectors[tp.partition] = PartitionDetector(self.detector_config)
@@ -306,6 +309,10 @@ class DetectorService:
     async def restore(self, assigned: list[TopicPartition]) -> None:
         """Load assigned partitions' snapshots and resume each at the offset it covers."""
         assert self.consumer is not None
+        # aiokafka may already fetch for new partitions while this listener
+        # runs; paused, none of their records reach the loop before the seek.
+        self.consumer.pause(*assigned)
+        self.restoring.update(assigned)
         try:
             if isinstance(self.store, KafkaSnapshotStore) and not self.store_ready:
                 count = len(self.consumer.partitions_for_topic(self.settings.reports_topic) or ())
@@ -323,7 +330,7 @@ class DetectorService:
                 self.next_offsets[tp] = stored.offset
                 self.consumer.seek(tp, stored.offset)
                 log.info("partition restored", extra={
-                    "partition": tp.partition, "offset": stored.offset,
+                    "partition": tp.partition, "offset": stored.offset, "committed": committed,
                     "series": len(self.detectors[tp.partition].models),
                 })
         except snapshot.SnapshotError as exc:
@@ -333,6 +340,9 @@ class DetectorService:
                 f"setting state_topic: stored state in {self.settings.state_topic} "
                 f"cannot be used: {exc}"
             )
+        finally:
+            self.restoring.difference_update(assigned)
+            self.consumer.resume(*assigned)
 
     async def release(self, revoked: list[TopicPartition]) -> None:
         if not revoked:

@@ -16,14 +16,23 @@ T0 = 1_767_571_200_000
 MINUTE = 60_000
 
 
-def traffic(rng: random.Random, minutes: int, outage: range) -> list[dict]:
-    """Steady reports for 'x' and 'y', and an outage of 'x' in `outage` minutes."""
+def traffic(
+    rng: random.Random,
+    minutes: int,
+    outage: range,
+    services: dict[str, int] | None = None,
+    outaged: tuple[str, ...] = ("x",),
+) -> list[dict]:
+    """Steady per-minute reports for `services` (name: normal rate), with an
+    outage of 400 reports a minute on each of `outaged` during `outage`."""
+    services = services or {"x": 20, "y": 5}
     reports = []
     for minute in range(minutes):
-        for service, normal in (("x", 20), ("y", 5)):
-            n = 400 if service == "x" and minute in outage else rng.randint(normal - 3, normal + 3)
+        for service, normal in services.items():
+            down = service in outaged and minute in outage
+            n = 400 if down else rng.randint(max(normal - 3, 0), normal + 3)
             for _ in range(n):
-                problem = "login" if minute in outage else rng.choice(["app", "website"])
+                problem = "login" if down else rng.choice(["app", "website"])
                 reports.append({
                     "service": service,
                     "ts": T0 + minute * MINUTE + rng.randrange(MINUTE),
@@ -33,6 +42,13 @@ def traffic(rng: random.Random, minutes: int, outage: range) -> list[dict]:
                 })
     reports.sort(key=lambda r: r["ts"])
     return reports
+
+
+def encode(reports: list[dict]) -> tuple[list[bytes], list[bytes]]:
+    """Message values and keys (the service) for `produce`."""
+    import orjson
+
+    return [orjson.dumps(r) for r in reports], [r["service"].encode() for r in reports]
 
 
 async def produce(bootstrap: str, topic: str, values: list[bytes], keys: list[bytes]) -> None:
