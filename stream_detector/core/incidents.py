@@ -31,9 +31,13 @@ class IncidentPolicy:
     critical_score: float = 0.99999
     critical_ratio: float = 5.0
     """Critical needs both the score and reports at least this many times the expected."""
-    calm_score: float = 0.5
+    band_spreads: float = 2.0
+    """The normal band is expected ± this many spreads."""
     calm_buckets: int = 5
-    """Resolve after this many buckets in a row below `calm_score` and within the normal band."""
+    """Resolve after this many buckets in a row within the normal band."""
+    cooldown_buckets: int = 30
+    """After a resolve, only a critical-level bucket reopens the series this soon:
+    the decaying tail of an outage should not page again and again."""
     relearn_after_buckets: int = 240
     relearn_weight: float = 0.1
     """A very long incident may be a new normal: after this many buckets, learn it slowly."""
@@ -76,6 +80,8 @@ class IncidentTracker:
     def __init__(self, policy: IncidentPolicy):
         self.policy = policy
         self.open: dict[SeriesKey, Incident] = {}
+        # Bucket in which each series' last incident resolved, for the cooldown.
+        self.resolved: dict[SeriesKey, int] = {}
 
     def observe(
         self,
@@ -96,7 +102,19 @@ class IncidentTracker:
         policy = self.policy
         incident = self.open.get(key)
         if incident is None:
-            if not may_open or scored.score < policy.open_score or reports < policy.min_reports:
+            # The score may rest on sums over many recent buckets; the bucket
+            # itself must be above the normal band too, or the tail of a
+            # resolved outage (still in those sums) would reopen it at once.
+            if (
+                not may_open
+                or scored.score < policy.open_score
+                or reports < policy.min_reports
+                or reports <= scored.expected + policy.band_spreads * scored.spread
+            ):
+                return None, 1.0
+            if self._cooling_down(key, bucket_start_ms, bucket_ms) and not self._critical(
+                reports, scored
+            ):
                 return None, 1.0
             incident = Incident(key[0], key[1], bucket_start_ms, WARNING)
             self.open[key] = incident
@@ -104,16 +122,16 @@ class IncidentTracker:
         incident.buckets += 1
         _add_counts(incident.regions, regions)
         _add_counts(incident.problems, problems)
-        if (
-            scored.score >= policy.critical_score
-            and reports >= policy.critical_ratio * max(scored.expected, 1.0)
-        ):
+        if self._critical(reports, scored):
             incident.severity = CRITICAL
 
-        calm = scored.score < policy.calm_score and reports <= scored.expected + 2 * scored.spread
+        # Calm is judged on the bucket alone: long-window sums stay high well
+        # after volume is back to normal, and the incident should end when it is.
+        calm = reports <= scored.expected + policy.band_spreads * scored.spread
         incident.calm_run = incident.calm_run + 1 if calm else 0
         if incident.calm_run >= policy.calm_buckets:
             del self.open[key]
+            self.resolved[key] = bucket_start_ms
             ended_ms = bucket_start_ms - (policy.calm_buckets - 1) * bucket_ms
             alert = self._message(incident, RESOLVED, bucket_start_ms, bucket_ms, reports, scored)
             alert["ended_at"] = iso_utc(ended_ms)
@@ -121,6 +139,22 @@ class IncidentTracker:
 
         weight = policy.relearn_weight if incident.buckets > policy.relearn_after_buckets else 0.0
         return self._message(incident, FIRING, bucket_start_ms, bucket_ms, reports, scored), weight
+
+    def _critical(self, reports: int, scored: Scored) -> bool:
+        policy = self.policy
+        return (
+            scored.score >= policy.critical_score
+            and reports >= policy.critical_ratio * max(scored.expected, 1.0)
+        )
+
+    def _cooling_down(self, key: SeriesKey, bucket_start_ms: int, bucket_ms: int) -> bool:
+        resolved = self.resolved.get(key)
+        if resolved is None:
+            return False
+        if bucket_start_ms - resolved < self.policy.cooldown_buckets * bucket_ms:
+            return True
+        del self.resolved[key]
+        return False
 
     def _message(
         self,

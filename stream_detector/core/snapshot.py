@@ -81,6 +81,7 @@ def encode(detector: PartitionDetector, model_name: str) -> bytes:
              i.problems]
             for i in d.incidents.open.values()
         ],
+        "resolved": [[key[0], key[1], ms] for key, ms in d.incidents.resolved.items()],
     }
     return MAGIC + zlib.compress(orjson.dumps(doc), 1)
 
@@ -124,4 +125,5 @@ def decode(data: bytes, config: DetectorConfig, wall_ms: int) -> PartitionDetect
         d.incidents.open[(service, region)] = Incident(
             service, region, start_ms, severity, buckets, calm_run, regions, problems
         )
+    d.incidents.resolved = {(service, region): ms for service, region, ms in doc["resolved"]}
     return d

@@ -183,3 +183,21 @@ def test_any_order_gives_the_same_hourly_totals_with_repeating_reporters(offsets
             totals[start // 3_600_000] = totals.get(start // 3_600_000, 0) + n
         return totals
     assert hourly(_replay(shuffled, LATENESS, few)) == hourly(_replay(base, LATENESS, few))
+
+
+def test_decaying_tail_after_resolve_does_not_reopen_within_cooldown():
+    """An outage that ends with a slowly fading tail pages once, not again and again."""
+    from stream_detector.core.incidents import IncidentTracker
+    from stream_detector.core.models.base import Scored
+
+    t = IncidentTracker(IncidentPolicy(calm_buckets=2, cooldown_buckets=10))
+    key = ("x", None)
+    statuses = []
+    # outage, two calm buckets (resolve), then a 3x tail: high score, above the band
+    for minute, (reports, score) in enumerate(
+        [(200, 1.0), (200, 1.0), (10, 0.2), (10, 0.2), (30, 1.0), (30, 1.0), (200, 1.0)]
+    ):
+        alert, _ = t.observe(key, minute * MINUTE, MINUTE, reports, Scored(score, 10.0, 3.0),
+                             {}, {})
+        statuses.append(alert and alert["status"])
+    assert statuses == ["firing", "firing", "firing", "resolved", None, None, "firing"]
