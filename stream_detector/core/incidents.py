@@ -35,6 +35,9 @@ class IncidentPolicy:
     """The normal band is expected ± this many spreads."""
     calm_buckets: int = 5
     """Resolve after this many buckets in a row within the normal band."""
+    confirm_buckets: int = 2
+    """A warning-level anomaly opens an incident only after this many anomalous
+    buckets in a row (a critical-level one opens at once): one odd minute is noise."""
     cooldown_buckets: int = 30
     """After a resolve, only a critical-level bucket reopens the series this soon:
     the decaying tail of an outage should not page again and again."""
@@ -68,7 +71,7 @@ class Incident:
 class IncidentTracker:
     """Open incidents of one partition, and the rules that move them.
 
-    >>> t = IncidentTracker(IncidentPolicy(calm_buckets=2))
+    >>> t = IncidentTracker(IncidentPolicy(calm_buckets=2, confirm_buckets=1))
     >>> alert, _ = t.observe(("x", None), 0, 60_000, 50, Scored(0.999, 5.0, 2.0), {}, {})
     >>> alert["status"], alert["severity"], alert["alert_id"]
     ('firing', 'warning', 'x/*/1970-01-01T00:00:00Z')
@@ -82,6 +85,8 @@ class IncidentTracker:
         self.open: dict[SeriesKey, Incident] = {}
         # Bucket in which each series' last incident resolved, for the cooldown.
         self.resolved: dict[SeriesKey, int] = {}
+        # First bucket and length of a run of anomalous buckets not yet confirmed.
+        self.pending: dict[SeriesKey, tuple[int, int]] = {}
 
     def observe(
         self,
@@ -111,12 +116,16 @@ class IncidentTracker:
                 or reports < policy.min_reports
                 or reports <= scored.expected + policy.band_spreads * scored.spread
             ):
+                self.pending.pop(key, None)
                 return None, 1.0
-            if self._cooling_down(key, bucket_start_ms, bucket_ms) and not self._critical(
-                reports, scored
-            ):
+            critical = self._critical(reports, scored)
+            if self._cooling_down(key, bucket_start_ms, bucket_ms) and not critical:
                 return None, 1.0
-            incident = Incident(key[0], key[1], bucket_start_ms, WARNING)
+            first_ms, run = self._anomalous_run(key, bucket_start_ms, bucket_ms)
+            if run < policy.confirm_buckets and not critical:
+                return None, 0.0  # a first anomalous bucket is not learned either
+            self.pending.pop(key, None)
+            incident = Incident(key[0], key[1], first_ms, WARNING)
             self.open[key] = incident
 
         incident.buckets += 1
@@ -146,6 +155,13 @@ class IncidentTracker:
             scored.score >= policy.critical_score
             and reports >= policy.critical_ratio * max(scored.expected, 1.0)
         )
+
+    def _anomalous_run(self, key: SeriesKey, bucket_start_ms: int, bucket_ms: int):
+        first_ms, run = self.pending.get(key, (bucket_start_ms, 0))
+        if first_ms + run * bucket_ms != bucket_start_ms:  # not consecutive: start again
+            first_ms, run = bucket_start_ms, 0
+        self.pending[key] = (first_ms, run + 1)
+        return first_ms, run + 1
 
     def _cooling_down(self, key: SeriesKey, bucket_start_ms: int, bucket_ms: int) -> bool:
         resolved = self.resolved.get(key)

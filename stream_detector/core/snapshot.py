@@ -82,6 +82,7 @@ def encode(detector: PartitionDetector, model_name: str) -> bytes:
             for i in d.incidents.open.values()
         ],
         "resolved": [[key[0], key[1], ms] for key, ms in d.incidents.resolved.items()],
+        "pending": [[key[0], key[1], *run] for key, run in d.incidents.pending.items()],
     }
     return MAGIC + zlib.compress(orjson.dumps(doc), 1)
 
@@ -126,4 +127,7 @@ def decode(data: bytes, config: DetectorConfig, wall_ms: int) -> PartitionDetect
             service, region, start_ms, severity, buckets, calm_run, regions, problems
         )
     d.incidents.resolved = {(service, region): ms for service, region, ms in doc["resolved"]}
+    d.incidents.pending = {
+        (service, region): (first_ms, run) for service, region, first_ms, run in doc["pending"]
+    }
     return d

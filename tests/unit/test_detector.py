@@ -201,3 +201,19 @@ def test_decaying_tail_after_resolve_does_not_reopen_within_cooldown():
                              {}, {})
         statuses.append(alert and alert["status"])
     assert statuses == ["firing", "firing", "firing", "resolved", None, None, "firing"]
+
+
+def test_single_anomalous_bucket_is_not_an_incident_but_two_are():
+    from stream_detector.core.incidents import IncidentTracker
+    from stream_detector.core.models.base import Scored
+
+    t = IncidentTracker(IncidentPolicy(confirm_buckets=2))
+    key = ("x", None)
+    warning_level = Scored(0.9995, 10.0, 3.0)
+    assert t.observe(key, 0, MINUTE, 30, warning_level, {}, {})[0] is None
+    assert t.observe(key, MINUTE, MINUTE, 10, Scored(0.1, 10.0, 3.0), {}, {})[0] is None
+    assert t.observe(key, 2 * MINUTE, MINUTE, 30, warning_level, {}, {})[0] is None
+    alert, weight = t.observe(key, 3 * MINUTE, MINUTE, 30, warning_level, {}, {})
+    # The incident starts with the first bucket of the confirmed run.
+    assert alert["status"] == "firing" and alert["started_at"] == "1970-01-01T00:02:00Z"
+    assert weight == 0.0
