@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 from collections.abc import Callable
 
 from stream_detector.config import ConfigError, Settings
+from stream_detector.io.alertmanager import AlertmanagerClient, AlertmanagerForwarder
 from stream_detector.io.kafka import DetectorService
 from stream_detector.io.metrics import DetectorMetrics, MetricsServer
 
@@ -20,22 +22,6 @@ def configure_logging(settings: Settings) -> None:
     configure(settings.log_format, settings.log_level)
 
 
-def alertmanager_hook(url: str):
-    from stream_detector.io.alertmanager import AlertmanagerClient
-
-    client = AlertmanagerClient(url)
-
-    async def push(alert: dict) -> None:
-        # Alertmanager is a second channel beside the alerts topic: if it is
-        # down the incident still reaches Kafka, so this only logs.
-        try:
-            await client.push([alert])
-        except Exception as exc:  # noqa: BLE001 - any failure here must not stop consumption
-            log.warning("alertmanager push failed", extra={"error": str(exc)})
-
-    return push
-
-
 async def serve(
     settings: Settings,
     stop: asyncio.Event | None = None,
@@ -46,7 +32,14 @@ async def serve(
     """Run the detector until `stop` is set or SIGTERM/SIGINT arrives."""
     stop = stop or asyncio.Event()
     metrics = metrics or DetectorMetrics.for_settings(settings)
-    on_alert = alertmanager_hook(settings.alertmanager_url) if settings.alertmanager_url else None
+    forwarder = None
+    on_alert = None
+    if settings.alertmanager_url:
+        forwarder = AlertmanagerForwarder(AlertmanagerClient(settings.alertmanager_url))
+
+        async def on_alert(alert: dict) -> None:
+            forwarder.offer(alert)
+
     service = DetectorService(settings, metrics, on_alert=on_alert)
     server = MetricsServer(metrics, service.healthy, service.ready)
     try:
@@ -63,8 +56,16 @@ async def serve(
     log.info("metrics on port %d", port)
     if on_listening is not None:
         on_listening(port)
+    forwarding = asyncio.create_task(forwarder.run()) if forwarder else None
     try:
         await service.run(stop)
     finally:
         await server.stop()
+        if forwarder is not None:
+            forwarding.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await forwarding
+            # Last alerts (often the resolves) get a bounded chance to go out.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(forwarder.flush(), settings.shutdown_timeout)
     log.info("stopped")

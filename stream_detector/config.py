@@ -180,6 +180,8 @@ def _validate(s: Settings) -> None:
         raise ConfigError(f"setting metrics_port: {s.metrics_port} is not a TCP port")
     if not 0 < s.open_score <= s.critical_score <= 1:
         raise ConfigError("setting open_score: needs 0 < open_score <= critical_score <= 1")
+    if s.alertmanager_url and not s.alertmanager_url.startswith(("http://", "https://")):
+        raise ConfigError("setting alertmanager_url: must start with http:// or https://")
     if s.state_store not in ("kafka", "local", "none"):
         raise ConfigError("setting state_store: must be kafka, local or none")
     if s.log_format not in ("auto", "json", "text"):

@@ -14,10 +14,14 @@ for as long as the incident lasts.
 from __future__ import annotations
 
 import asyncio
+import logging
 import urllib.error
 import urllib.request
+from collections import deque
 
 import orjson
+
+log = logging.getLogger("stream_detector")
 
 ALERTNAME = "ServiceOutage"
 API_PATH = "/api/v2/alerts"
@@ -157,3 +161,51 @@ class AlertmanagerClient:
             ) from None
         except (TimeoutError, OSError) as exc:
             raise AlertmanagerError(f"Alertmanager at {endpoint} did not answer: {exc}") from None
+
+
+class AlertmanagerForwarder:
+    """Pushes alerts in the background, batched, from a bounded buffer.
+
+    The consume loop only appends to the buffer, so a slow or unreachable
+    Alertmanager never stalls consumption; the alerts topic stays the channel
+    of record. When the buffer is full, the oldest firing update is dropped
+    (the next closed bucket re-sends a fresher one); resolved messages are
+    never dropped for room, because nothing would re-send them.
+    """
+
+    def __init__(self, client: AlertmanagerClient, max_pending: int = 1000,
+                 batch_size: int = 100):
+        self.client = client
+        self.max_pending = max_pending
+        self.batch_size = batch_size
+        self.pending: deque[dict] = deque()
+        self.wakeup = asyncio.Event()
+        self.failures = 0
+
+    def offer(self, alert: dict) -> None:
+        if len(self.pending) >= self.max_pending:
+            for i, queued in enumerate(self.pending):
+                if queued["status"] == "firing":
+                    del self.pending[i]
+                    break
+        self.pending.append(alert)
+        self.wakeup.set()
+
+    async def run(self) -> None:
+        """Forward until cancelled."""
+        while True:
+            await self.wakeup.wait()
+            self.wakeup.clear()
+            await self.flush()
+
+    async def flush(self) -> None:
+        while self.pending:
+            batch = [self.pending.popleft()
+                     for _ in range(min(self.batch_size, len(self.pending)))]
+            try:
+                await self.client.push(batch)
+            except AlertmanagerError as exc:
+                # Alertmanager is a second channel; log and go on.
+                self.failures += 1
+                log.warning("alertmanager push failed", extra={"error": str(exc),
+                                                                "alerts": len(batch)})

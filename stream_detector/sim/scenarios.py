@@ -24,6 +24,7 @@ HOUR_MS = 60 * MINUTE_MS
 DAY_MS = 24 * HOUR_MS
 # Models need a few days of normal traffic before they know what normal is.
 WARMUP_MS = 3 * DAY_MS
+SHORT_WARMUP_MS = 9 * DAY_MS // 4  # the default model's 2-day warm-up, and a margin
 # Quiet time kept between two injected events on one service, so each incident
 # can resolve and be scored against the outage that caused it.
 GAP_MS = 3 * HOUR_MS
@@ -156,15 +157,21 @@ def write_labels(outages: Iterable[Outage], path: str | Path) -> None:
 
 
 def warmup_ms(days: float) -> int:
-    """The start of a run kept free of outages: three days, or half of a run under four.
+    """The start of a run kept free of outages.
 
-    Short runs (demos, tests) still get outages, after a shorter warm-up.
+    Three days for long runs. A shorter run (demos, tests) keeps the default
+    model's two-day warm-up plus a margin free when it can, since an outage the
+    model sees while warming up is learned as normal; the shortest keep half.
 
-    >>> warmup_ms(21) / DAY_MS, warmup_ms(4) / DAY_MS, warmup_ms(1) / DAY_MS
-    (3.0, 3.0, 0.5)
+    >>> [warmup_ms(d) / DAY_MS for d in (21, 4, 3.5, 1)]
+    [3.0, 3.0, 2.25, 0.5]
     """
     run_ms = int(days * DAY_MS)
-    return WARMUP_MS if run_ms >= WARMUP_MS + DAY_MS else run_ms // 2
+    if run_ms >= WARMUP_MS + DAY_MS:
+        return WARMUP_MS
+    if run_ms >= SHORT_WARMUP_MS + DAY_MS // 2:
+        return SHORT_WARMUP_MS
+    return run_ms // 2
 
 
 def plan_outages(
