@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 import random
+import subprocess
+import sys
 import urllib.error
 import urllib.request
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from prometheus_client.parser import text_string_to_metric_families
 
+from stream_detector.app import serve
+from stream_detector.config import Settings, load_settings
 from tests.conftest import wait_for
 
 T0 = 1_767_571_200_000
@@ -99,3 +105,52 @@ async def scrape(port: int) -> dict:
     return values
 
 
+
+
+def detector_settings(bootstrap: str, unique: str, **overrides) -> Settings:
+    """Settings with this test's own group and topics, metrics on a free loopback port."""
+    flags = {
+        "bootstrap_servers": bootstrap,
+        "group_id": f"{unique}-g",
+        "reports_topic": f"{unique}-reports",
+        "alerts_topic": f"{unique}-alerts",
+        "dlq_topic": f"{unique}-dlq",
+        "state_topic": f"{unique}-state",
+        "metrics_port": 0,
+        "metrics_host": "127.0.0.1",
+    }
+    flags.update(overrides)
+    return load_settings(flags, environ={})
+
+
+@contextlib.asynccontextmanager
+async def running_detector(settings: Settings):
+    """The detector served in this process; yields its metrics port, stops it after."""
+    stop = asyncio.Event()
+    listening: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+    task = asyncio.create_task(serve(settings, stop, on_listening=listening.set_result))
+    try:
+        yield await asyncio.wait_for(listening, 30)
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 30)
+
+
+def start_detector(settings: Settings, log) -> subprocess.Popen:
+    """`stream-detector run` as its own process, configured through the environment.
+
+    Buckets close on event time only (idle timeout of an hour), so a run can be
+    compared bucket for bucket with an offline replay.
+    """
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STREAM_DETECTOR_")}
+    for name in ("group_id", "reports_topic", "alerts_topic", "dlq_topic", "state_topic",
+                 "model"):
+        env[f"STREAM_DETECTOR_{name.upper()}"] = getattr(settings, name)
+    env["STREAM_DETECTOR_IDLE_TIMEOUT"] = "1h"
+    env["STREAM_DETECTOR_CHECKPOINT_INTERVAL"] = "300ms"
+    env["STREAM_DETECTOR_LOG_FORMAT"] = "json"
+    return subprocess.Popen(
+        [sys.executable, "-m", "stream_detector", "run", "--bootstrap-servers",
+         settings.bootstrap_servers, "--metrics-port", "0"],
+        env=env, stdout=subprocess.DEVNULL, stderr=log,
+    )

@@ -19,9 +19,14 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from stream_detector.app import serve
-from stream_detector.config import load_settings
 from tests.conftest import wait_for
-from tests.integration.kafka_helpers import T0, http_get, read_all, scrape
+from tests.integration.kafka_helpers import (
+    T0,
+    detector_settings,
+    http_get,
+    read_all,
+    scrape,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -114,18 +119,8 @@ def build(seed: int) -> tuple[list[bytes], list[str | None]]:
 
 
 async def test_malformed_messages_go_to_the_dlq_and_valid_ones_all_count(broker, unique):
-    settings = load_settings({
-        "bootstrap_servers": broker.bootstrap_servers,
-        "group_id": f"{unique}-g",
-        "reports_topic": f"{unique}-reports",
-        "alerts_topic": f"{unique}-alerts",
-        "dlq_topic": f"{unique}-dlq",
-        "state_topic": f"{unique}-state",
-        "metrics_port": 0,
-        "metrics_host": "127.0.0.1",
-        "model": "ewma",
-        "checkpoint_interval": "1s",
-    }, environ={})
+    settings = detector_settings(broker.bootstrap_servers, unique, model="ewma",
+                                 checkpoint_interval="1s")
     values, reasons = build(seed=1234)
     expected_bad = Counter((v, r) for v, r in zip(values, reasons, strict=True) if r)
     n_bad = sum(expected_bad.values())

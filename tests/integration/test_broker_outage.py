@@ -33,12 +33,12 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from stream_detector.app import serve
 from stream_detector.backtest import replay_events
-from stream_detector.config import load_settings
 from stream_detector.embedded import EmbeddedBroker
 from tests.conftest import wait_for
 from tests.integration.kafka_helpers import (
     MINUTE,
     T0,
+    detector_settings,
     encode,
     http_get,
     read_all,
@@ -66,19 +66,9 @@ async def status(port: int, path: str) -> int:
 
 async def test_broker_hang_turns_health_red_then_green_and_loses_nothing(own_broker, unique):
     broker = own_broker
-    settings = load_settings({
-        "bootstrap_servers": broker.bootstrap_servers,
-        "group_id": f"{unique}-g",
-        "reports_topic": f"{unique}-reports",
-        "alerts_topic": f"{unique}-alerts",
-        "dlq_topic": f"{unique}-dlq",
-        "state_topic": f"{unique}-state",
-        "metrics_port": 0,
-        "metrics_host": "127.0.0.1",
-        "model": "ewma",
-        "idle_timeout": "1h",  # buckets close on event time only, as in the replay
-        "checkpoint_interval": "1s",
-    }, environ={})
+    # Buckets close on event time only, as in the replay.
+    settings = detector_settings(broker.bootstrap_servers, unique, model="ewma",
+                                 idle_timeout="1h", checkpoint_interval="1s")
     reports = traffic(random.Random(31), 150, outage=range(100, 112))
     values, keys = encode(reports)
 

@@ -8,36 +8,30 @@ import random
 import orjson
 import pytest
 
-from stream_detector.app import serve
 from stream_detector.backtest import replay_events
-from stream_detector.config import load_settings
 from tests.conftest import wait_for
-from tests.integration.kafka_helpers import MINUTE, T0, http_get, produce, read_all, scrape, traffic
+from tests.integration.kafka_helpers import (
+    MINUTE,
+    T0,
+    detector_settings,
+    http_get,
+    produce,
+    read_all,
+    running_detector,
+    scrape,
+    traffic,
+)
 
 pytestmark = pytest.mark.integration
+
 
 @pytest.fixture
 async def detector(broker, unique):
     """A detector in this process with its own topics and group; yields (settings, port)."""
-    settings = load_settings({
-        "bootstrap_servers": broker.bootstrap_servers,
-        "group_id": f"{unique}-g",
-        "reports_topic": f"{unique}-reports",
-        "alerts_topic": f"{unique}-alerts",
-        "dlq_topic": f"{unique}-dlq",
-        "metrics_port": 0,
-        "metrics_host": "127.0.0.1",
-        "model": "ewma",
-        "idle_timeout": "2s",
-        "checkpoint_interval": "1s",
-    }, environ={})
-    stop = asyncio.Event()
-    listening: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-    task = asyncio.create_task(serve(settings, stop, on_listening=listening.set_result))
-    port = await asyncio.wait_for(listening, 30)
-    yield settings, port
-    stop.set()
-    await asyncio.wait_for(task, 30)
+    settings = detector_settings(broker.bootstrap_servers, unique, model="ewma",
+                                 idle_timeout="2s", checkpoint_interval="1s")
+    async with running_detector(settings) as port:
+        yield settings, port
 
 
 async def test_outage_fires_then_resolves_with_breakdowns(broker, detector):

@@ -12,12 +12,10 @@ over the same reports.
 from __future__ import annotations
 
 import asyncio
-import os
 import random
 import re
 import signal
 import subprocess
-import sys
 from pathlib import Path
 
 import orjson
@@ -26,9 +24,16 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from stream_detector.backtest import replay_events
-from stream_detector.config import Settings, load_settings
+from stream_detector.config import Settings
 from tests.conftest import wait_for
-from tests.integration.kafka_helpers import MINUTE, T0, encode, traffic
+from tests.integration.kafka_helpers import (
+    MINUTE,
+    T0,
+    detector_settings,
+    encode,
+    start_detector,
+    traffic,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -42,32 +47,8 @@ OUTAGED = ("svc-01", "svc-04", "svc-09")
 
 
 def settings_for(broker, unique: str) -> Settings:
-    return load_settings({
-        "bootstrap_servers": broker.bootstrap_servers,
-        "group_id": f"{unique}-g",
-        "reports_topic": f"{unique}-reports",
-        "alerts_topic": f"{unique}-alerts",
-        "dlq_topic": f"{unique}-dlq",
-        "state_topic": f"{unique}-state",
-        "model": "ewma",
-        # Buckets close on event time only, so the run is comparable to a replay.
-        "idle_timeout": "1h",
-    }, environ={})
-
-
-def start_detector(settings: Settings, log) -> subprocess.Popen:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("STREAM_DETECTOR_")}
-    for name in ("group_id", "reports_topic", "alerts_topic", "dlq_topic", "state_topic",
-                 "model"):
-        env[f"STREAM_DETECTOR_{name.upper()}"] = getattr(settings, name)
-    env["STREAM_DETECTOR_IDLE_TIMEOUT"] = "1h"
-    env["STREAM_DETECTOR_CHECKPOINT_INTERVAL"] = "300ms"
-    env["STREAM_DETECTOR_LOG_FORMAT"] = "json"
-    return subprocess.Popen(
-        [sys.executable, "-m", "stream_detector", "run", "--bootstrap-servers",
-         settings.bootstrap_servers, "--metrics-port", "0"],
-        env=env, stdout=subprocess.DEVNULL, stderr=log,
-    )
+    # Buckets close on event time only, so the run is comparable to a replay.
+    return detector_settings(broker.bootstrap_servers, unique, model="ewma", idle_timeout="1h")
 
 
 async def create_topic(bootstrap: str, topic: str, partitions: int) -> None:

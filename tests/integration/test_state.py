@@ -3,41 +3,35 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import random
 import signal
-import subprocess
-import sys
 
 import orjson
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from stream_detector.backtest import replay_events
-from stream_detector.config import load_settings
 from stream_detector.io.kafka import DetectorService, StateUnusable
 from tests.conftest import wait_for
-from tests.integration.kafka_helpers import MINUTE, T0, encode, produce, read_all, traffic
+from tests.integration.kafka_helpers import (
+    MINUTE,
+    T0,
+    detector_settings,
+    encode,
+    produce,
+    read_all,
+    start_detector,
+    traffic,
+)
 
 pytestmark = pytest.mark.integration
 
 
 def settings_for(broker, unique: str, **overrides):
-    flags = {
-        "bootstrap_servers": broker.bootstrap_servers,
-        "group_id": f"{unique}-g",
-        "reports_topic": f"{unique}-reports",
-        "alerts_topic": f"{unique}-alerts",
-        "dlq_topic": f"{unique}-dlq",
-        "state_topic": f"{unique}-state",
-        "model": "ewma",
-        # Wall-clock closing would make the end of a run depend on timing;
-        # these tests compare runs bucket for bucket.
-        "idle_timeout": "1h",
-        "checkpoint_interval": "300ms",
-    }
-    flags.update(overrides)
-    return load_settings(flags, environ={})
+    # Wall-clock closing would make the end of a run depend on timing;
+    # these tests compare runs bucket for bucket.
+    defaults = {"model": "ewma", "idle_timeout": "1h", "checkpoint_interval": "300ms"}
+    return detector_settings(broker.bootstrap_servers, unique, **{**defaults, **overrides})
 
 
 async def committed_total(settings) -> int:
@@ -106,21 +100,6 @@ async def test_incompatible_state_is_refused_with_the_setting_named(broker, uniq
     wider = settings_for(broker, unique, bucket="120s")
     with pytest.raises(StateUnusable, match="state_topic.*120s"):
         await asyncio.wait_for(DetectorService(wider).run(asyncio.Event()), 60)
-
-
-def start_detector(settings, log) -> subprocess.Popen:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("STREAM_DETECTOR_")}
-    for name in ("group_id", "reports_topic", "alerts_topic", "dlq_topic", "state_topic",
-                 "model"):
-        env[f"STREAM_DETECTOR_{name.upper()}"] = getattr(settings, name)
-    env["STREAM_DETECTOR_IDLE_TIMEOUT"] = "1h"
-    env["STREAM_DETECTOR_CHECKPOINT_INTERVAL"] = "300ms"
-    env["STREAM_DETECTOR_LOG_FORMAT"] = "json"
-    return subprocess.Popen(
-        [sys.executable, "-m", "stream_detector", "run", "--bootstrap-servers",
-         settings.bootstrap_servers, "--metrics-port", "0"],
-        env=env, stdout=subprocess.DEVNULL, stderr=log,
-    )
 
 
 async def test_sigkill_mid_run_loses_nothing_and_doubles_nothing(broker, unique, tmp_path):

@@ -27,12 +27,16 @@ from datetime import datetime
 
 import pytest
 
-from stream_detector.app import serve
-from stream_detector.config import load_settings
 from stream_detector.sim import publish_to_kafka, simulate
 from stream_detector.sim.scenarios import MINUTE_MS, Outage
 from tests.conftest import wait_for
-from tests.integration.kafka_helpers import http_get, produce, scrape
+from tests.integration.kafka_helpers import (
+    detector_settings,
+    http_get,
+    produce,
+    running_detector,
+    scrape,
+)
 from tests.observability.conftest import DETECTOR_JOB, RunningProgram
 from tests.observability.dashboard_queries import dashboard_queries
 
@@ -142,26 +146,10 @@ class AlertmanagerWatch:
 @pytest.fixture
 async def detector(broker, unique, alertmanager):
     """The detector in this process, pushing to Alertmanager; yields (settings, port)."""
-    settings = load_settings({
-        "bootstrap_servers": broker.bootstrap_servers,
-        "group_id": f"{unique}-g",
-        "reports_topic": f"{unique}-reports",
-        "alerts_topic": f"{unique}-alerts",
-        "dlq_topic": f"{unique}-dlq",
-        "state_topic": f"{unique}-state",
-        "metrics_port": 0,
-        "metrics_host": "127.0.0.1",
-        "idle_timeout": "2s",
-        "checkpoint_interval": "1s",
-        "alertmanager_url": alertmanager.url,
-    }, environ={})
-    stop = asyncio.Event()
-    listening: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-    task = asyncio.create_task(serve(settings, stop, on_listening=listening.set_result))
-    port = await asyncio.wait_for(listening, 30)
-    yield settings, port
-    stop.set()
-    await asyncio.wait_for(task, 30)
+    settings = detector_settings(broker.bootstrap_servers, unique, idle_timeout="2s",
+                                 checkpoint_interval="1s", alertmanager_url=alertmanager.url)
+    async with running_detector(settings) as port:
+        yield settings, port
 
 
 async def test_prometheus_and_alertmanager_see_a_simulated_outage(
