@@ -28,6 +28,8 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 
 CHUNK_BYTES = 512 * 1024
+# Records read from the end of a changelog partition before reading further back.
+TAIL_RECORDS = 64
 
 
 @dataclass(frozen=True)
@@ -141,7 +143,34 @@ class KafkaSnapshotStore:
         await asyncio.gather(*futures)
 
     async def load(self, partition: int, committed: int | None) -> StoredSnapshot | None:
-        latest = await self._read_partition(partition % self.partitions, f"{partition}/")
+        tp = TopicPartition(self.topic, partition % self.partitions)
+        consumer = AIOKafkaConsumer(**self.client_options, enable_auto_commit=False)
+        await consumer.start()
+        try:
+            consumer.assign([tp])
+            begin = (await consumer.beginning_offsets([tp]))[tp]
+            end = (await consumer.end_offsets([tp]))[tp]
+            # The newest snapshots are at the end of the log; compaction may not
+            # have removed older ones yet (and never touches the active segment),
+            # so read a growing tail until both slots are found whole.
+            window = TAIL_RECORDS
+            while True:
+                start = max(begin, end - window)
+                latest = await self._read_range(consumer, tp, start, end, f"{partition}/")
+                found = self._complete_snapshots(latest, partition)
+                if len(found) == 2 or start == begin:
+                    break
+                window *= 4
+        finally:
+            await consumer.stop()
+        if found:
+            self.generation[partition] = max(s.generation for s in found)
+        return _pick(found, committed)
+
+    @staticmethod
+    def _complete_snapshots(
+        latest: dict[str, tuple[bytes, int]], partition: int
+    ) -> list[StoredSnapshot]:
         found = []
         for slot in (0, 1):
             raw = latest.get(f"{partition}/{slot}/m")
@@ -150,32 +179,24 @@ class KafkaSnapshotStore:
             meta = orjson.loads(raw[0])
             parts = [latest.get(f"{partition}/{slot}/{i}") for i in range(meta["chunks"])]
             if any(p is None or p[1] != meta["generation"] for p in parts):
-                continue  # chunks of another generation: that write never finished
+                continue  # a chunk is outside the tail read, or that write never finished
             data = b"".join(p[0] for p in parts)
             if zlib.crc32(data) == meta["crc"]:
                 found.append(StoredSnapshot(data, meta["offset"], meta["generation"]))
-        if found:
-            self.generation[partition] = max(s.generation for s in found)
-        return _pick(found, committed)
+        return found
 
-    async def _read_partition(self, target: int, prefix: str) -> dict[str, tuple[bytes, int]]:
-        """Latest value (and generation header) per key with `prefix` in one changelog partition."""
-        tp = TopicPartition(self.topic, target)
-        consumer = AIOKafkaConsumer(**self.client_options, enable_auto_commit=False)
-        await consumer.start()
+    @staticmethod
+    async def _read_range(
+        consumer: AIOKafkaConsumer, tp: TopicPartition, start: int, end: int, prefix: str
+    ) -> dict[str, tuple[bytes, int]]:
+        """Latest value (and generation header) per key with `prefix` in [start, end)."""
         latest: dict[str, tuple[bytes, int]] = {}
-        try:
-            consumer.assign([tp])
-            end = (await consumer.end_offsets([tp]))[tp]
-            await consumer.seek_to_beginning(tp)
-            while await consumer.position(tp) < end:
-                batch = await consumer.getmany(tp, timeout_ms=500)
-                for msg in batch.get(tp, []):
-                    key = msg.key.decode() if msg.key else ""
-                    if key.startswith(prefix):
-                        headers = dict(msg.headers or ())
-                        generation = int(headers.get("generation", b"0"))
-                        latest[key] = (msg.value, generation)
-        finally:
-            await consumer.stop()
+        consumer.seek(tp, start)
+        while await consumer.position(tp) < end:
+            batch = await consumer.getmany(tp, timeout_ms=500)
+            for msg in batch.get(tp, []):
+                key = msg.key.decode() if msg.key else ""
+                if key.startswith(prefix):
+                    headers = dict(msg.headers or ())
+                    latest[key] = (msg.value, int(headers.get("generation", b"0")))
         return latest
