@@ -69,6 +69,10 @@ def build_parser() -> argparse.ArgumentParser:
     bt.add_argument("--model", help="per-series model by name")
     bt.add_argument("--direction", choices=["up", "down", "both"], default="up")
     bt.add_argument("--config", help="TOML file of detector settings")
+    bt.add_argument("--labels", help="with --events: the simulator's labels JSON; prints "
+                    "recall, false incidents and detection delay")
+    bt.add_argument("--plot", metavar="FILE.png", help="with --events: draw reports, the "
+                    "normal band, labelled windows and incidents (needs the [plot] extra)")
 
     sub.add_parser("demo", help="everything on a local embedded broker, ends by itself")
     return parser
@@ -97,16 +101,37 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_backtest(args: argparse.Namespace) -> int:
     if args.input:
+        if args.labels or args.plot:
+            raise UsageError("--labels and --plot go with --events, not --input")
         from stream_detector.series_backtest import score_series_file
 
         score_series_file(args.input, args.output, direction=args.direction, model=args.model)
         return 0
-    from stream_detector.backtest import backtest_events
+    from stream_detector.backtest import format_evaluation, load_labels, run_labelled_backtest
 
     settings = _settings_from(args, ("bucket", "model"))
-    alerts = backtest_events(args.events, args.output, settings.detector_config())
-    opened = len({a["alert_id"] for a in alerts})
-    print(f"{len(alerts)} alert messages, {opened} incidents -> {args.output}", file=sys.stderr)
+    config = settings.detector_config()
+    labels = load_labels(args.labels) if args.labels else None
+    if args.plot:
+        try:
+            import matplotlib  # noqa: F401  (fail before a long replay, not after)
+        except ImportError:
+            raise UsageError(
+                "--plot needs matplotlib: pip install 'stream-detector[plot]'"
+            ) from None
+    run = run_labelled_backtest(args.events, args.output, config, labels,
+                                keep_history=bool(args.plot))
+    opened = len(run.incidents)
+    print(f"{len(run.alerts)} alert messages, {opened} incidents -> {args.output}",
+          file=sys.stderr)
+    if run.evaluation is not None:
+        print(format_evaluation(run.evaluation))
+    if args.plot and run.history is not None:
+        from stream_detector.plot import plot_backtest
+
+        panels = plot_backtest(args.plot, run.history, labels or [], run.incidents,
+                               run.evaluation, config.bucket_ms, config.policy.band_spreads)
+        print(f"{panels} panels -> {args.plot}", file=sys.stderr)
     return 0
 
 
