@@ -188,7 +188,8 @@ class PartitionDetector:
         policy = self.config.policy
         anomalous = {
             r for r, sc in regional.items()
-            if sc.score >= policy.open_score and regions[r] >= policy.min_reports
+            if sc.score >= policy.open_score
+            and regions[r] > sc.expected + policy.band_spreads * sc.spread
         }
         if not anomalous or len(anomalous) > policy.max_regional:
             return set()

@@ -27,7 +27,8 @@ class IncidentPolicy:
     open_score: float = 0.999
     """A bucket scoring at least this opens an incident..."""
     min_reports: int = 5
-    """...if it also holds at least this many reports (a few reports are never an outage)."""
+    """...once the anomalous buckets hold this many reports between them (a few
+    reports are never an outage)."""
     critical_score: float = 0.99999
     critical_ratio: float = 5.0
     """Critical needs both the score and reports at least this many times the expected."""
@@ -35,9 +36,9 @@ class IncidentPolicy:
     """The normal band is expected ± this many spreads."""
     calm_buckets: int = 5
     """Resolve after this many buckets in a row within the normal band."""
-    confirm_buckets: int = 2
-    """A warning-level anomaly opens an incident only after this many anomalous
-    buckets in a row (a critical-level one opens at once): one odd minute is noise."""
+    confirm_buckets: int = 3
+    """An anomaly opens an incident only after this many anomalous buckets in a
+    row (a service-wide critical one opens at once): one odd minute is noise."""
     cooldown_buckets: int = 30
     """After a resolve, only a critical-level bucket reopens the series this soon:
     the decaying tail of an outage should not page again and again."""
@@ -85,8 +86,9 @@ class IncidentTracker:
         self.open: dict[SeriesKey, Incident] = {}
         # Bucket in which each series' last incident resolved, for the cooldown.
         self.resolved: dict[SeriesKey, int] = {}
-        # First bucket and length of a run of anomalous buckets not yet confirmed.
-        self.pending: dict[SeriesKey, tuple[int, int]] = {}
+        # First bucket, length and report total of a run of anomalous buckets
+        # not yet confirmed as an incident.
+        self.pending: dict[SeriesKey, tuple[int, int, int]] = {}
 
     def observe(
         self,
@@ -113,17 +115,22 @@ class IncidentTracker:
             if (
                 not may_open
                 or scored.score < policy.open_score
-                or reports < policy.min_reports
                 or reports <= scored.expected + policy.band_spreads * scored.spread
             ):
                 self.pending.pop(key, None)
                 return None, 1.0
-            critical = self._critical(reports, scored)
-            if self._cooling_down(key, bucket_start_ms, bucket_ms) and not critical:
+            # A critical bucket of a service opens at once. Anything else needs
+            # a run of anomalous buckets holding `min_reports` between them, so
+            # a small series' outage (three reports a minute where one is
+            # normal) is caught, and one odd bucket of a tiny region is not.
+            at_once = key[1] is None and reports >= policy.min_reports and self._critical(
+                reports, scored
+            )
+            if self._cooling_down(key, bucket_start_ms, bucket_ms) and not at_once:
                 return None, 1.0
-            first_ms, run = self._anomalous_run(key, bucket_start_ms, bucket_ms)
-            if run < policy.confirm_buckets and not critical:
-                return None, 0.0  # a first anomalous bucket is not learned either
+            first_ms, run, total = self._anomalous_run(key, bucket_start_ms, bucket_ms, reports)
+            if not at_once and (run < policy.confirm_buckets or total < policy.min_reports):
+                return None, 0.0  # anomalous buckets not yet confirmed are not learned either
             self.pending.pop(key, None)
             incident = Incident(key[0], key[1], first_ms, WARNING)
             self.open[key] = incident
@@ -156,12 +163,15 @@ class IncidentTracker:
             and reports >= policy.critical_ratio * max(scored.expected, 1.0)
         )
 
-    def _anomalous_run(self, key: SeriesKey, bucket_start_ms: int, bucket_ms: int):
-        first_ms, run = self.pending.get(key, (bucket_start_ms, 0))
+    def _anomalous_run(
+        self, key: SeriesKey, bucket_start_ms: int, bucket_ms: int, reports: int
+    ) -> tuple[int, int, int]:
+        """First bucket, length and report total of the series' current anomalous run."""
+        first_ms, run, total = self.pending.get(key, (bucket_start_ms, 0, 0))
         if first_ms + run * bucket_ms != bucket_start_ms:  # not consecutive: start again
-            first_ms, run = bucket_start_ms, 0
-        self.pending[key] = (first_ms, run + 1)
-        return first_ms, run + 1
+            first_ms, run, total = bucket_start_ms, 0, 0
+        self.pending[key] = (first_ms, run + 1, total + reports)
+        return first_ms, run + 1, total + reports
 
     def _cooling_down(self, key: SeriesKey, bucket_start_ms: int, bucket_ms: int) -> bool:
         resolved = self.resolved.get(key)

@@ -128,6 +128,7 @@ def decode(data: bytes, config: DetectorConfig, wall_ms: int) -> PartitionDetect
         )
     d.incidents.resolved = {(service, region): ms for service, region, ms in doc["resolved"]}
     d.incidents.pending = {
-        (service, region): (first_ms, run) for service, region, first_ms, run in doc["pending"]
+        (service, region): (first_ms, run, total)
+        for service, region, first_ms, run, total in doc["pending"]
     }
     return d
