@@ -23,7 +23,7 @@ import time
 
 import orjson
 from aiokafka import AIOKafkaProducer
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from kafka_fill import fill_topic
 
 from stream_detector.config import load_settings
 from stream_detector.core import snapshot
@@ -103,17 +103,7 @@ def reports(n: int, services: int, rng: random.Random):
 
 
 async def fill(bootstrap: str, n: int, services: int, partitions: int) -> None:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    await admin.create_topics([NewTopic(TOPIC, partitions, 1)])
-    await admin.close()
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, enable_idempotence=False,
-                                linger_ms=20, max_batch_size=1 << 20)
-    await producer.start()
-    for service, value in reports(n, services, random.Random(7)):
-        await producer.send(TOPIC, value, key=service.encode())
-    await producer.flush()
-    await producer.stop()
+    await fill_topic(bootstrap, TOPIC, partitions, reports(n, services, random.Random(7)))
 
 
 async def detector_run(bootstrap: str, n: int, group: str, interval: str) -> tuple[float, int]:

@@ -20,8 +20,8 @@ import sys
 import time
 
 import orjson
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka import AIOKafkaConsumer
+from kafka_fill import fill_topic
 
 from stream_detector.config import load_settings
 from stream_detector.embedded import EmbeddedBroker
@@ -50,20 +50,8 @@ def reports(n: int, services: int, rng: random.Random):
 
 
 async def fill(bootstrap: str, n: int, services: int, partitions: int) -> None:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    await admin.create_topics([NewTopic(TOPIC, partitions, 1)])
-    await admin.close()
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, enable_idempotence=False,
-                                linger_ms=20, max_batch_size=1 << 20)
-    await producer.start()
     started = time.perf_counter()
-    for i, (service, value) in enumerate(reports(n, services, random.Random(42))):
-        await producer.send(TOPIC, value, key=service.encode())
-        if i % 100_000 == 0:
-            print(f"\rfilling {i:,}/{n:,}", end="", file=sys.stderr)
-    await producer.flush()
-    await producer.stop()
+    await fill_topic(bootstrap, TOPIC, partitions, reports(n, services, random.Random(42)), n)
     print(f"\rfilled {n:,} reports in {time.perf_counter() - started:.1f}s", file=sys.stderr)
 
 
