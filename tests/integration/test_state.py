@@ -56,30 +56,30 @@ def offline_alerts(reports, settings) -> list[dict]:
     return [a for b in replay_events(iter(values), settings.detector_config()) for a in b.alerts]
 
 
+async def run_until(settings, condition) -> DetectorService:
+    """Run a detector in this process until `condition(service)` holds, then stop it cleanly."""
+    service = DetectorService(settings)
+    stop = asyncio.Event()
+    task = asyncio.create_task(service.run(stop))
+    await wait_for(lambda: condition(service))
+    stop.set()
+    await task
+    return service
+
+
 async def test_restart_continues_from_learned_state(broker, unique):
     settings = settings_for(broker, unique)
     reports = traffic(random.Random(21), 120, outage=range(0))
     await produce(broker.bootstrap_servers, settings.reports_topic, *encode(reports))
 
-    first = DetectorService(settings)
-    stop = asyncio.Event()
-    task = asyncio.create_task(first.run(stop))
-    await wait_for(lambda: first.messages_seen == len(reports))
-    await wait_for(lambda: any(("x", None) in d.models for d in first.detectors.values()))
+    first = await run_until(settings, lambda s: s.messages_seen == len(reports))
     t = (T0 + 119 * MINUTE) / 1000
     (before,) = [d.models[("x", None)] for d in first.detectors.values() if ("x", None) in d.models]
     expected_before = before.score_one(t, 0).expected
     assert before.seen > 100  # well past warm-up
-    stop.set()
-    await task
 
-    second = DetectorService(settings)
-    stop = asyncio.Event()
-    task = asyncio.create_task(second.run(stop))
-    await wait_for(second.ready)
+    second = await run_until(settings, lambda s: s.ready())
     restored = [d.models[("x", None)] for d in second.detectors.values() if ("x", None) in d.models]
-    stop.set()
-    await task
     assert len(restored) == 1
     assert restored[0].score_one(t, 0).expected == expected_before
     assert restored[0].seen == before.seen  # no second warm-up
@@ -90,12 +90,7 @@ async def test_incompatible_state_is_refused_with_the_setting_named(broker, uniq
     settings = settings_for(broker, unique)
     reports = traffic(random.Random(4), 10, outage=range(0))
     await produce(broker.bootstrap_servers, settings.reports_topic, *encode(reports))
-    first = DetectorService(settings)
-    stop = asyncio.Event()
-    task = asyncio.create_task(first.run(stop))
-    await wait_for(lambda: first.messages_seen == len(reports))
-    stop.set()
-    await task
+    await run_until(settings, lambda s: s.messages_seen == len(reports))
 
     wider = settings_for(broker, unique, bucket="120s")
     with pytest.raises(StateUnusable, match="state_topic.*120s"):
