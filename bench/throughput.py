@@ -33,11 +33,13 @@ REGIONS = ["US", "GB", "DE", "FR", "IN", "BR", "JP", "CA"]
 PROBLEMS = ["login", "app", "website", "server connection", "payments"]
 
 
-def reports(n: int, services: int, rng: random.Random):
+def reports(n: int, services: int, rng: random.Random, hours: float = 6.0):
     """Reports over `services` services with Zipf-like volumes, a few per millisecond."""
     names = [f"svc-{i:04d}" for i in range(services)]
     weights = [1 / (i + 1) for i in range(services)]
-    span_ms = 6 * 3_600_000  # six hours of event time
+    # Scoring costs per series and bucket, not per report: the event-time span
+    # sets how many reports share each bucket's scoring.
+    span_ms = int(hours * 3_600_000)
     chosen = rng.choices(names, weights, k=n)
     for i, service in enumerate(chosen):
         yield service, orjson.dumps({
@@ -49,9 +51,10 @@ def reports(n: int, services: int, rng: random.Random):
         })
 
 
-async def fill(bootstrap: str, n: int, services: int, partitions: int) -> None:
+async def fill(bootstrap: str, n: int, services: int, partitions: int, hours: float) -> None:
     started = time.perf_counter()
-    await fill_topic(bootstrap, TOPIC, partitions, reports(n, services, random.Random(42)), n)
+    messages = reports(n, services, random.Random(42), hours)
+    await fill_topic(bootstrap, TOPIC, partitions, messages, n)
     print(f"\rfilled {n:,} reports in {time.perf_counter() - started:.1f}s", file=sys.stderr)
 
 
@@ -103,9 +106,11 @@ async def main() -> None:
     parser.add_argument("--services", type=int, default=2_000)
     parser.add_argument("--partitions", type=int, default=4)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--hours", type=float, default=6.0, help="event-time span of the reports")
     args = parser.parse_args()
     with EmbeddedBroker() as broker:
-        await fill(broker.bootstrap_servers, args.reports, args.services, args.partitions)
+        await fill(broker.bootstrap_servers, args.reports, args.services, args.partitions,
+                   args.hours)
         bare, detector = [], []
         for round_ in range(args.rounds):
             bare.append(await bare_loop(broker.bootstrap_servers, args.reports, f"bare-{round_}"))
@@ -116,7 +121,7 @@ async def main() -> None:
                   file=sys.stderr)
     b, d = statistics.median(bare), statistics.median(detector)
     print(f"reports={args.reports} services={args.services} partitions={args.partitions} "
-          f"rounds={args.rounds}")
+          f"rounds={args.rounds} hours={args.hours:g}")
     print(f"bare aiokafka + orjson: median {b:,.0f} events/s")
     print(f"stream_detector:        median {d:,.0f} events/s")
     print(f"ratio detector/bare:    {d / b:.2f}")
