@@ -18,7 +18,7 @@ from typing import Any
 
 from stream_detector.core.detector import DetectorConfig
 from stream_detector.core.incidents import IncidentPolicy
-from stream_detector.core.models import DEFAULT_MODEL, MODELS
+from stream_detector.core.models import MODELS
 
 ENV_PREFIX = "STREAM_DETECTOR_"
 DEFAULT_METRICS_PORT = 9108
@@ -84,12 +84,13 @@ class Settings:
     alerts_topic: str = "alerts"
     dlq_topic: str = "reports.dlq"
     state_topic: str = "stream-detector.state"
-    bucket: float = 60.0
-    allowed_lateness: float = 10.0
-    idle_timeout: float = 30.0
-    max_future: float = 3600.0
-    model: str = DEFAULT_MODEL
-    regions: bool = True
+    # The core's defaults, in the seconds a user writes.
+    bucket: float = DetectorConfig.bucket_ms / 1000
+    allowed_lateness: float = DetectorConfig.lateness_ms / 1000
+    idle_timeout: float = DetectorConfig.idle_timeout_ms / 1000
+    max_future: float = DetectorConfig.max_future_ms / 1000
+    model: str = DetectorConfig.model
+    regions: bool = DetectorConfig.regions
     open_score: float = IncidentPolicy.open_score
     critical_score: float = IncidentPolicy.critical_score
     min_reports: int = IncidentPolicy.min_reports
