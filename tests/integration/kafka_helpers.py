@@ -12,6 +12,7 @@ import urllib.error
 import urllib.request
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from prometheus_client.parser import text_string_to_metric_families
 
 from stream_detector.app import serve
@@ -154,3 +155,13 @@ def start_detector(settings: Settings, log) -> subprocess.Popen:
          settings.bootstrap_servers, "--metrics-port", "0"],
         env=env, stdout=subprocess.DEVNULL, stderr=log,
     )
+
+
+async def create_topic(bootstrap: str, topic: str, partitions: int) -> None:
+    """Create `topic` with `partitions` partitions (the broker would make one otherwise)."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(topic, partitions, 1)])
+    finally:
+        await admin.close()

@@ -16,12 +16,12 @@ from collections import Counter
 import orjson
 import pytest
 from aiokafka import AIOKafkaProducer
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from stream_detector.app import serve
 from tests.conftest import wait_for
 from tests.integration.kafka_helpers import (
     T0,
+    create_topic,
     detector_settings,
     http_get,
     read_all,
@@ -128,10 +128,7 @@ async def test_malformed_messages_go_to_the_dlq_and_valid_ones_all_count(broker,
     assert set(r for _, r in expected_bad) == {"not_json", "not_object", "missing_field",
                                                "bad_type", "bad_timestamp", "too_large"}
 
-    admin = AIOKafkaAdminClient(bootstrap_servers=broker.bootstrap_servers)
-    await admin.start()
-    await admin.create_topics([NewTopic(settings.reports_topic, 3, 1)])
-    await admin.close()
+    await create_topic(broker.bootstrap_servers, settings.reports_topic, 3)
 
     stop = asyncio.Event()
     listening: asyncio.Future[int] = asyncio.get_running_loop().create_future()

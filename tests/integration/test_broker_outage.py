@@ -29,7 +29,6 @@ import time
 import orjson
 import pytest
 from aiokafka import AIOKafkaProducer
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from stream_detector.app import serve
 from stream_detector.backtest import replay_events
@@ -38,6 +37,7 @@ from tests.conftest import wait_for
 from tests.integration.kafka_helpers import (
     MINUTE,
     T0,
+    create_topic,
     detector_settings,
     encode,
     http_get,
@@ -77,10 +77,7 @@ async def test_broker_hang_turns_health_red_then_green_and_loses_nothing(own_bro
 
     before, during = cut(70), cut(120)
 
-    admin = AIOKafkaAdminClient(bootstrap_servers=broker.bootstrap_servers)
-    await admin.start()
-    await admin.create_topics([NewTopic(settings.reports_topic, 2, 1)])
-    await admin.close()
+    await create_topic(broker.bootstrap_servers, settings.reports_topic, 2)
 
     stop = asyncio.Event()
     listening: asyncio.Future[int] = asyncio.get_running_loop().create_future()

@@ -21,7 +21,6 @@ from pathlib import Path
 import orjson
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from stream_detector.backtest import replay_events
 from stream_detector.config import Settings
@@ -29,6 +28,7 @@ from tests.conftest import wait_for
 from tests.integration.kafka_helpers import (
     MINUTE,
     T0,
+    create_topic,
     detector_settings,
     encode,
     start_detector,
@@ -49,15 +49,6 @@ OUTAGED = ("svc-01", "svc-04", "svc-09")
 def settings_for(broker, unique: str) -> Settings:
     # Buckets close on event time only, so the run is comparable to a replay.
     return detector_settings(broker.bootstrap_servers, unique, model="ewma", idle_timeout="1h")
-
-
-async def create_topic(bootstrap: str, topic: str, partitions: int) -> None:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        await admin.create_topics([NewTopic(topic, partitions, 1)])
-    finally:
-        await admin.close()
 
 
 async def committed(settings: Settings) -> dict[int, int]:
