@@ -23,7 +23,7 @@ import time
 
 import orjson
 from aiokafka import AIOKafkaProducer
-from kafka_fill import fill_topic
+from kafka_bench import consume_all, fill_topic
 
 from stream_detector.config import load_settings
 from stream_detector.core import snapshot
@@ -114,37 +114,9 @@ async def detector_run(bootstrap: str, n: int, group: str, interval: str) -> tup
         "state_topic": f"{group}-state", "checkpoint_interval": interval,
     }, environ={})
     service = DetectorService(settings)
-    saves = 0
-    stop = asyncio.Event()
-    started: list[float] = []
-
-    async def watch() -> None:
-        while service.messages_seen < n:
-            if not started and service.messages_seen:
-                started.append(time.perf_counter())
-            await asyncio.sleep(0.01)
-        elapsed.append(time.perf_counter() - started[0])
-        stop.set()
-
-    elapsed: list[float] = []
-    runner = asyncio.create_task(service.run(stop))
-    await service_started(service)
-    original = service.store.save
-
-    async def counting_save(*args):
-        nonlocal saves
-        saves += 1
-        await original(*args)
-
-    service.store.save = counting_save
-    await watch()
-    await runner
-    return n / elapsed[0], saves
-
-
-async def service_started(service: DetectorService) -> None:
-    while service.store is None:
-        await asyncio.sleep(0.01)
+    rate = await consume_all(service, n)
+    # The store numbers each partition's snapshots; their sum is how many were written.
+    return rate, sum(service.store.generation.values())
 
 
 async def main() -> None:

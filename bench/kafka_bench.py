@@ -1,12 +1,16 @@
-"""Filling a topic on the embedded broker for the benchmarks that consume one."""
+"""Filling a topic on the embedded broker and consuming it with the detector, for benchmarks."""
 
 from __future__ import annotations
 
+import asyncio
 import sys
+import time
 from collections.abc import Iterable
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+from stream_detector.io.kafka import DetectorService
 
 
 async def fill_topic(
@@ -32,3 +36,26 @@ async def fill_topic(
         await producer.flush()
     finally:
         await producer.stop()
+
+
+async def consume_all(service: DetectorService, n: int) -> float:
+    """Run `service` until it has read `n` messages, then stop it.
+
+    Returns events per second, timed from its first message (joining the
+    group and restoring state are not part of throughput).
+    """
+    stop = asyncio.Event()
+
+    async def watch() -> float:
+        while not service.messages_seen:
+            await asyncio.sleep(0.01)
+        started = time.perf_counter()
+        while service.messages_seen < n:
+            await asyncio.sleep(0.01)
+        elapsed = time.perf_counter() - started
+        stop.set()
+        return elapsed
+
+    watcher = asyncio.create_task(watch())
+    await service.run(stop)
+    return n / await watcher

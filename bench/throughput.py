@@ -21,7 +21,7 @@ import time
 
 import orjson
 from aiokafka import AIOKafkaConsumer
-from kafka_fill import fill_topic
+from kafka_bench import consume_all, fill_topic
 
 from stream_detector.config import load_settings
 from stream_detector.embedded import EmbeddedBroker
@@ -83,21 +83,7 @@ async def detector_loop(bootstrap: str, n: int, group: str) -> float:
     settings = load_settings({"bootstrap_servers": bootstrap, "group_id": group,
                               "reports_topic": TOPIC, "alerts_topic": f"{group}-alerts",
                               "dlq_topic": f"{group}-dlq"}, environ={})
-    service = DetectorService(settings)
-    stop = asyncio.Event()
-    started: list[float] = []
-
-    async def watch() -> None:
-        while service.messages_seen < n:
-            if not started and service.messages_seen:
-                started.append(time.perf_counter())
-            await asyncio.sleep(0.01)
-        stop.set()
-
-    watcher = asyncio.create_task(watch())
-    await service.run(stop)
-    await watcher
-    return n / (time.perf_counter() - started[0])
+    return await consume_all(DetectorService(settings), n)
 
 
 async def main() -> None:
