@@ -26,9 +26,6 @@ class BucketCounter:
         self.width_ms = width_ms
         self.open: dict[int, BucketCounts] = {}
 
-    def bucket_start(self, ts_ms: int) -> int:
-        return ts_ms - ts_ms % self.width_ms
-
     def add(self, service: str, ts_ms: int, region: str | None, problem: str | None) -> None:
         start = ts_ms - ts_ms % self.width_ms
         bucket = self.open.get(start)
