@@ -50,7 +50,7 @@ def detector_with(series: int) -> PartitionDetector:
         for _ in range(rng.randint(1, 6)):
             d.add(orjson.dumps({"service": f"svc-{i:06d}", "ts": T0 + rng.randrange(60_000)}))
     d.flush()
-    assert len(d.models) == series, len(d.models)
+    assert len(d.bank) == series, len(d.bank)
     return d
 
 
@@ -85,7 +85,7 @@ async def snapshot_figures(bootstrap: str, series: int) -> dict:
         assert stored is not None and stored.data == data
         restored = snapshot.decode(stored.data, config, 0)
         restores.append(time.perf_counter() - started)
-        assert len(restored.models) == series
+        assert len(restored.bank) == series
     await producer.stop()
     return {"series": series, "bytes": len(data), "encode_s": encode_s, "decode_s": decode_s,
             "save_s": statistics.median(saves), "restore_s": statistics.median(restores)}

@@ -1,16 +1,18 @@
-"""Memory per series and time per scored bucket of the per-series models.
+"""Memory per series and time per scored bucket of the models, as the detector holds them.
 
 For 10,000 and 100,000 series, the EWMA baseline and the seasonal count model
 are built and run in the same process, alternating, several times; the table
-shows medians and the seasonal/baseline ratio.
+shows medians and the seasonal/baseline ratio. Each model is used through
+its bank (`model_bank`), as in the detector: the seasonal model's array
+bank, and the baseline's per-series objects stepped one by one.
 
     .venv/bin/python bench/model_cost.py [--repeats 3]
 
-- memory: Python heap allocated per series by building it and learning one
-  bucket (tracemalloc). River's EWMean/EWVar keep their numbers in Rust,
-  which tracemalloc does not see, so the baseline's figure is a lower bound.
+- memory: heap allocated per series by building the bank and learning one
+  bucket (tracemalloc, which sees NumPy's arrays too); the array bank
+  grows by doubling, so up to half of its rows may be spare.
 - pickled: bytes of one series' model pickled alone (shared settings included).
-- time: one `score_one` plus one `learn_one` per series and bucket, over
+- time: one `score` plus one `learn` of every series per bucket, over
   three buckets of Poisson-like counts after two warm buckets, 60 s buckets.
 """
 
@@ -19,16 +21,17 @@ from __future__ import annotations
 import argparse
 import gc
 import pickle
-import random
 import statistics
 import sys
 import time
 import tracemalloc
 from pathlib import Path
 
+import numpy as np
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from stream_detector.core.models import MODELS  # noqa: E402
+from stream_detector.core.models import MODELS, model_bank  # noqa: E402
 
 T0 = 1_767_571_200.0  # Monday 2026-01-05 00:00 UTC
 BUCKET = 60.0
@@ -36,35 +39,31 @@ MODEL_NAMES = ("ewma", "seasonal-poisson")
 
 
 def memory_per_series(name: str, n: int) -> float:
-    factory = MODELS[name]
     gc.collect()
     tracemalloc.start()
     before, _ = tracemalloc.get_traced_memory()
-    models = [factory(BUCKET) for _ in range(n)]
-    for m in models:
-        m.learn_one(T0, 3.0)
+    bank = model_bank(name, BUCKET)
+    rows = np.array([bank.add() for _ in range(n)])
+    bank.score(rows, T0, np.full(n, 3.0))
+    bank.learn()
     after, _ = tracemalloc.get_traced_memory()
     tracemalloc.stop()
-    del models
+    del bank
     return (after - before) / n
 
 
 def microseconds_per_bucket(name: str, n: int, seed: int) -> float:
-    factory = MODELS[name]
-    rng = random.Random(seed)
-    models = [factory(BUCKET) for _ in range(n)]
-    counts = [rng.randint(0, 12) for _ in range(n)]
+    rng = np.random.default_rng(seed)
+    bank = model_bank(name, BUCKET)
+    rows = np.array([bank.add() for _ in range(n)])
+    counts = rng.integers(0, 13, n).astype(float)
     for b in range(2):
-        t = T0 + b * BUCKET
-        for m, x in zip(models, counts, strict=True):
-            m.score_one(t, x)
-            m.learn_one(t, x)
+        bank.score(rows, T0 + b * BUCKET, counts)
+        bank.learn()
     started = time.perf_counter()
     for b in range(2, 5):
-        t = T0 + b * BUCKET
-        for m, x in zip(models, counts, strict=True):
-            m.score_one(t, x)
-            m.learn_one(t, x)
+        bank.score(rows, T0 + b * BUCKET, counts)
+        bank.learn()
     return (time.perf_counter() - started) / (3 * n) * 1e6
 
 

@@ -1,7 +1,7 @@
 """The detector core for one partition: reports and time in, scores and alerts out.
 
 Everything a partition needs lives here (open buckets, its event clock, the
-reporter filter, one model per series, open incidents), so a partition's
+reporter filter, a model bank row per series, open incidents), so a partition's
 state can move between processes as one piece. Nothing here knows Kafka,
 asyncio or HTTP; `backtest` and the Kafka shell drive the same object.
 """
@@ -11,16 +11,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
+import numpy as np
+
 from stream_detector.core.buckets import BucketCounter, BucketCounts
 from stream_detector.core.events import BAD_TIMESTAMP, InvalidReport, decode_report
 from stream_detector.core.incidents import IncidentPolicy, IncidentTracker, SeriesKey
-from stream_detector.core.models import (
-    DEFAULT_MODEL,
-    ModelFactory,
-    Scored,
-    SeriesModel,
-    model_factory,
-)
+from stream_detector.core.models import DEFAULT_MODEL, ModelBank, Scored, model_bank
+from stream_detector.core.models.bank import BankScores
 from stream_detector.core.reporters import ReporterFilter
 from stream_detector.core.watermark import EventClock
 
@@ -57,25 +54,116 @@ class SeriesScore(NamedTuple):
     """Severity of the open incident on this series, None when there is none."""
 
 
-class ClosedBucket(NamedTuple):
-    start_ms: int
-    counts: BucketCounts
-    scores: list[SeriesScore]
-    alerts: list[dict]
+class BucketSeries:
+    """The series one closed bucket scores, in order, with their counts and bank rows.
+
+    Each service with reports comes first, then its regions (in the order of
+    its region counts), then the series of open incidents that had no
+    reports, so they can resolve. Keys are built only when asked for: most
+    buckets never need them.
+    """
+
+    __slots__ = ("counts", "regional", "first", "extra", "reports", "rows", "_keys")
+
+    def __init__(self, counts: BucketCounts, regional: bool):
+        self.counts = counts
+        self.regional = regional
+        self.first: dict[str, int] = {}
+        """Index of each service with reports; its regions follow it."""
+        self.extra: list[SeriesKey] = []
+        """Series of open incidents without reports in this bucket, at the end."""
+        self.reports: list[int] = []
+        self.rows: list[int] = []
+        self._keys: list[SeriesKey] | None = None
+
+    @property
+    def keys(self) -> list[SeriesKey]:
+        if self._keys is None:
+            keys: list[SeriesKey] = []
+            for service, (_, regions, _) in self.counts.items():
+                keys.append((service, None))
+                if self.regional:
+                    keys.extend((service, region) for region in regions)
+            self._keys = keys + self.extra
+        return self._keys
+
+    def index(self, key: SeriesKey) -> int | None:
+        service, region = key
+        i = self.first.get(service)
+        if i is not None:
+            if region is None:
+                return i
+            regions = self.counts[service][1]
+            if self.regional and region in regions:
+                return i + 1 + list(regions).index(region)
+        if key in self.extra:
+            return len(self.rows) - len(self.extra) + self.extra.index(key)
+        return None
+
+
+class ClosedBucket:
+    """One closed bucket of one partition: its counts, the alerts, and every series scored.
+
+    The scores stay in the arrays the model bank returned; `scores` makes
+    them objects only for whoever asks (plots, tests), so the hot path
+    builds none.
+    """
+
+    __slots__ = ("start_ms", "counts", "alerts", "series", "scored", "severities")
+
+    def __init__(
+        self,
+        start_ms: int,
+        series: BucketSeries,
+        alerts: list[dict],
+        scored: BankScores,
+        severities: dict[int, str],
+    ):
+        self.start_ms = start_ms
+        self.counts = series.counts
+        self.series = series
+        self.alerts = alerts
+        self.scored = scored
+        self.severities = severities
+        """Severity of the open incident of the series at each index, where one is open."""
+
+    @property
+    def scores(self) -> list[SeriesScore]:
+        score, expected, spread = (a.tolist() for a in self.scored)
+        reports = self.series.reports
+        return [
+            SeriesScore(key[0], key[1], reports[i], expected[i], spread[i], score[i],
+                        self.severities.get(i))
+            for i, key in enumerate(self.series.keys)
+        ]
+
+    def service_scores(self) -> dict[str, SeriesScore]:
+        """The scores of the service-wide series, by service."""
+        score, expected, spread = (a.tolist() for a in self.scored)
+        series = self.series
+        indexed = list(series.first.items())
+        offset = len(series.rows) - len(series.extra)
+        indexed += [(key[0], offset + j) for j, key in enumerate(series.extra) if key[1] is None]
+        return {
+            service: SeriesScore(service, None, series.reports[i], expected[i], spread[i],
+                                 score[i], self.severities.get(i))
+            for service, i in indexed
+        }
 
 
 class PartitionDetector:
     """Counts, scores and tracks incidents for the services of one partition."""
 
-    def __init__(self, config: DetectorConfig, factory: ModelFactory | None = None):
+    def __init__(self, config: DetectorConfig):
         self.config = config
-        self.factory = factory or model_factory(config.model)
         self.counter = BucketCounter(config.bucket_ms)
         self.clock = EventClock(config.lateness_ms, config.idle_timeout_ms)
         self.reporters = ReporterFilter()
         self.incidents = IncidentTracker(config.policy)
-        self.models: dict[SeriesKey, SeriesModel] = {}
-        self.last_bucket_ms: dict[SeriesKey, int] = {}
+        # Every series' model is a row of one bank: per service, the row of
+        # the service-wide series and the rows of its regions.
+        self.bank: ModelBank = model_bank(config.model, config.bucket_ms / 1000)
+        self.series: dict[str, tuple[int, dict[str, int]]] = {}
         # Start of the oldest bucket not closed yet; None until the first close.
         self.next_close_ms: int | None = None
 
@@ -144,96 +232,126 @@ class PartitionDetector:
         return closed
 
     def _score_bucket(self, start: int, counts: BucketCounts) -> ClosedBucket:
-        scores: list[SeriesScore] = []
+        series = self._series_of(counts)
+        reports = series.reports
+        t = start / 1000
+        bank = self.bank
+        rows = np.array(series.rows, dtype=np.intp)
+        bank.catch_up(rows, t)
+        scored = bank.score(rows, t, np.array(reports, dtype=float))
+        weights = np.ones(len(rows))
         alerts: list[dict] = []
-        seen: set[SeriesKey] = set()
-        for service, (reports, regions, problems) in counts.items():
-            key = (service, None)
-            scored = self._score(key, start, reports)
-            regional: dict[str, Scored] = {}
-            if self.config.regions:
-                regional = {r: self._score((service, r), start, n) for r, n in regions.items()}
-            concentrated = self._concentrated_regions(key, reports, scored, regions, regional)
-            self._track(key, start, reports, scored, regions, problems, not concentrated,
-                        scores, alerts)
-            seen.add(key)
-            for region, region_scored in regional.items():
-                n = regions[region]
-                self._track((service, region), start, n, region_scored, {region: n}, problems,
-                            region in concentrated, scores, alerts)
-                seen.add((service, region))
-        # Series in an incident are scored through empty buckets too, so they can resolve.
-        for key in [k for k in self.incidents.open if k not in seen]:
-            scored = self._score(key, start, 0)
-            self._track(key, start, 0, scored, {}, {}, False, scores, alerts)
-        return ClosedBucket(start, counts, scores, alerts)
+        severities: dict[int, str] = {}
+        # Incident rules in Python only for the few series where something can
+        # happen: a score high enough to open, an open or pending incident.
+        hot = set(np.flatnonzero(scored.score >= self.config.policy.open_score).tolist())
+        open_, pending = self.incidents.open, self.incidents.pending
+        for key in [*open_, *pending]:
+            i = series.index(key)
+            if i is not None:
+                hot.add(i)
+        keys = series.keys if hot else []
+        concentrated: dict[str, set[str]] = {}
+        for i in sorted(hot):
+            key = keys[i]
+            service, region = key
+            service_counts = counts.get(service)
+            if service_counts is None:  # an open incident through an empty bucket
+                regions, problems, may_open = {}, {}, False
+            else:
+                _, service_regions, problems = service_counts
+                if service not in concentrated:
+                    concentrated[service] = self._concentrated_regions(
+                        service, series.first[service], service_counts, scored
+                    )
+                if region is None:
+                    regions, may_open = service_regions, not concentrated[service]
+                else:
+                    regions = {region: reports[i]}
+                    may_open = region in concentrated[service]
+            one = Scored(float(scored.score[i]), float(scored.expected[i]),
+                         float(scored.spread[i]))
+            alert, weight = self.incidents.observe(
+                key, start, self.config.bucket_ms, reports[i], one, regions, problems, may_open
+            )
+            weights[i] = weight
+            if alert is not None:
+                alerts.append(alert)
+            incident = open_.get(key)
+            if incident is not None:
+                severities[i] = incident.severity
+        bank.learn(weights)
+        return ClosedBucket(start, series, alerts, scored, severities)
+
+    def _series_of(self, counts: BucketCounts) -> BucketSeries:
+        """The series to score in this bucket (see `BucketSeries`), new ones given a bank row."""
+        regional = self.config.regions
+        series = BucketSeries(counts, regional)
+        rows, reports, first = series.rows, series.reports, series.first
+        known = self.series
+        add = self.bank.add
+        for service, (n, regions, _) in counts.items():
+            entry = known.get(service)
+            if entry is None:
+                entry = known[service] = (add(), {})
+            first[service] = len(rows)
+            rows.append(entry[0])
+            reports.append(n)
+            if regional and regions:
+                region_rows = entry[1]
+                for region in regions:
+                    row = region_rows.get(region)
+                    if row is None:
+                        row = region_rows[region] = add()
+                    rows.append(row)
+                reports.extend(regions.values())
+        for key in self.incidents.open:
+            if series.index(key) is None:
+                series.extra.append(key)
+                rows.append(self.row_of(key))
+                reports.append(0)
+        return series
+
+    def row_of(self, key: SeriesKey) -> int | None:
+        """The bank row of a series, None if it was never scored."""
+        entry = self.series.get(key[0])
+        if entry is None:
+            return None
+        return entry[0] if key[1] is None else entry[1].get(key[1])
 
     def _concentrated_regions(
-        self,
-        key: SeriesKey,
-        reports: int,
-        scored: Scored,
-        regions: dict[str, int],
-        regional: dict[str, Scored],
+        self, service: str, i: int, service_counts: list, scored: BankScores
     ) -> set[str]:
         """Regions that explain most of this bucket's excess on their own.
 
         Then the outage is regional: it opens incidents per region, naming
         them, instead of one service-wide incident. A service-wide outage lifts
         every region (or the regions that make up most of the normal traffic)
-        and is reported once, for the service.
+        and is reported once, for the service. `i` is the service's index in
+        the bucket; its regions follow it (see `_series_of`).
         """
-        if not regional or key in self.incidents.open:
+        reports, regions, _ = service_counts
+        if not self.config.regions or not regions or (service, None) in self.incidents.open:
             return set()
         policy = self.config.policy
+        score, expected, spread = scored
+        # Index of each anomalous region's series in this bucket.
         anomalous = {
-            r for r, sc in regional.items()
-            if sc.score >= policy.open_score
-            and regions[r] > sc.expected + policy.band_spreads * sc.spread
+            region: j for j, region in enumerate(regions, i + 1)
+            if score[j] >= policy.open_score
+            and regions[region] > expected[j] + policy.band_spreads * spread[j]
         }
         if not anomalous or len(anomalous) > policy.max_regional:
             return set()
         # Regions that carry most of the normal traffic are the service itself.
-        normal_share = sum(regional[r].expected for r in anomalous) / max(scored.expected, 1e-9)
+        service_expected = float(expected[i])
+        normal_share = sum(float(expected[j]) for j in anomalous.values()) / max(
+            service_expected, 1e-9
+        )
         if normal_share >= 0.5:
             return set()
-        excess = max(reports - scored.expected, 0.0)
-        regional_excess = sum(max(regions[r] - regional[r].expected, 0.0) for r in anomalous)
-        return anomalous if regional_excess >= policy.regional_share * excess else set()
-
-    def _score(self, key: SeriesKey, start: int, reports: int) -> Scored:
-        width = self.config.bucket_ms
-        model = self.models.get(key)
-        if model is None:
-            model = self.models[key] = self.factory(width / 1000)
-        else:
-            last = self.last_bucket_ms[key]
-            if start - last > width:
-                model.learn_zeros((last + width) / 1000, start / 1000)
-        self.last_bucket_ms[key] = start
-        return model.score_one(start / 1000, reports)
-
-    def _track(
-        self,
-        key: SeriesKey,
-        start: int,
-        reports: int,
-        scored: Scored,
-        regions: dict[str, int],
-        problems: dict[str, int],
-        may_open: bool,
-        scores: list[SeriesScore],
-        alerts: list[dict],
-    ) -> None:
-        """Move the series' incident, then let its model learn as much as the incident allows."""
-        alert, weight = self.incidents.observe(
-            key, start, self.config.bucket_ms, reports, scored, regions, problems, may_open
+        excess = max(reports - service_expected, 0.0)
+        regional_excess = sum(
+            max(regions[region] - float(expected[j]), 0.0) for region, j in anomalous.items()
         )
-        self.models[key].learn_one(start / 1000, reports, weight)
-        if alert is not None:
-            alerts.append(alert)
-        incident = self.incidents.open.get(key)
-        scores.append(
-            SeriesScore(key[0], key[1], reports, scored.expected, scored.spread, scored.score,
-                        incident.severity if incident else None)
-        )
+        return set(anomalous) if regional_excess >= policy.regional_share * excess else set()

@@ -3,9 +3,7 @@
 Everything a partition has learned goes in: open buckets, the event clock,
 the reporter filter, every series' model and open incidents, so a restored
 detector continues exactly where the snapshot was taken. The encoding is
-orjson over plain lists; models are captured through their `__slots__`
-(every model keeps its state in plain attributes, as river's do), so a new
-model needs no code here.
+orjson over plain lists; the models are their bank's `state()`.
 
 A snapshot records the format version, the model name and the bucket width;
 restoring one that does not match the running configuration fails with a
@@ -15,50 +13,19 @@ baselines.
 
 from __future__ import annotations
 
-import base64
-import math
 import zlib
-from array import array
-from typing import Any
 
 import orjson
 
 from stream_detector.core.detector import DetectorConfig, PartitionDetector
 from stream_detector.core.incidents import Incident
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 MAGIC = b"SDS1"
 
 
 class SnapshotError(ValueError):
     """A snapshot that cannot be restored under the running configuration."""
-
-
-def _model_state(model: Any) -> list:
-    names = getattr(type(model), "__slots__", None) or sorted(vars(model))
-    state = []
-    for name in names:
-        value = getattr(model, name)
-        if isinstance(value, array):
-            # Raw bytes keep NaN (unlearned slots) and cost 8 bytes a float.
-            value = {"a": value.typecode, "b": base64.b64encode(value.tobytes()).decode()}
-        elif isinstance(value, float) and not math.isfinite(value):
-            value = {"f": repr(value)}  # JSON has no NaN or infinity
-        state.append(value)
-    return state
-
-
-def _load_model(model: Any, state: list) -> Any:
-    names = getattr(type(model), "__slots__", None) or sorted(vars(model))
-    if len(names) != len(state):
-        raise SnapshotError("snapshot's model state does not match the model's fields")
-    for name, value in zip(names, state, strict=True):
-        if isinstance(value, dict) and "a" in value:
-            value = array(value["a"], base64.b64decode(value["b"]))
-        elif isinstance(value, dict) and "f" in value:
-            value = float(value["f"])
-        setattr(model, name, value)
-    return model
 
 
 def encode(detector: PartitionDetector, model_name: str) -> bytes:
@@ -72,10 +39,8 @@ def encode(detector: PartitionDetector, model_name: str) -> bytes:
         "next_close_ms": d.next_close_ms,
         "open": [[start, counts] for start, counts in d.counter.open.items()],
         "reporters": [[hour, sorted(keys)] for hour, keys in d.reporters.hours.items()],
-        "series": [
-            [service, region, d.last_bucket_ms[(service, region)], _model_state(model)]
-            for (service, region), model in d.models.items()
-        ],
+        "series": [[service, row, regions] for service, (row, regions) in d.series.items()],
+        "models": d.bank.state(),
         "incidents": [
             [i.service, i.region, i.start_ms, i.severity, i.buckets, i.calm_run, i.regions,
              i.problems]
@@ -115,11 +80,11 @@ def decode(data: bytes, config: DetectorConfig, wall_ms: int) -> PartitionDetect
     d.next_close_ms = doc["next_close_ms"]
     d.counter.open = {start: counts for start, counts in doc["open"]}
     d.reporters.hours = {hour: {tuple(k) for k in keys} for hour, keys in doc["reporters"]}
-    width_s = config.bucket_ms / 1000
-    for service, region, last_ms, state in doc["series"]:
-        key = (service, region)
-        d.models[key] = _load_model(d.factory(width_s), state)
-        d.last_bucket_ms[key] = last_ms
+    d.series = {service: (row, regions) for service, row, regions in doc["series"]}
+    try:
+        d.bank.load_state(doc["models"])
+    except (KeyError, ValueError) as exc:
+        raise SnapshotError(f"snapshot's model state does not fit: {exc}") from None
     for service, region, start_ms, severity, buckets, calm_run, regions, problems in doc[
         "incidents"
     ]:

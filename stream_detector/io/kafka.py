@@ -248,7 +248,7 @@ class DetectorService:
         if not closed:
             return
         self.metrics.observe_buckets(closed)
-        self.metrics.series_active.set(sum(len(d.models) for d in self.detectors.values()))
+        self.metrics.series_active.set(sum(len(d.bank) for d in self.detectors.values()))
         for bucket in closed:
             bucket_end_s = (bucket.start_ms + self.detector_config.bucket_ms) / 1000
             for alert in bucket.alerts:
@@ -331,7 +331,7 @@ class DetectorService:
                 self.consumer.seek(tp, stored.offset)
                 log.info("partition restored", extra={
                     "partition": tp.partition, "offset": stored.offset, "committed": committed,
-                    "series": len(self.detectors[tp.partition].models),
+                    "series": len(self.detectors[tp.partition].bank),
                 })
         except snapshot.SnapshotError as exc:
             # Raised from inside the rebalance listener, which would only log

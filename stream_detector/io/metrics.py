@@ -126,13 +126,12 @@ class DetectorMetrics:
                 self._volume_until_ms = bucket.start_ms
             for service, (n, _, _) in bucket.counts.items():
                 self._volume[service] = self._volume.get(service, 0.0) + n
-            for s in bucket.scores:
-                if s.region is None:
-                    latest[s.service] = (s, bucket.counts.get(s.service))
-                    if s.severity is None:
-                        self._firing.pop(s.service, None)
-                    else:
-                        self._firing[s.service] = s.severity
+            for service, s in bucket.service_scores().items():
+                latest[service] = (s, bucket.counts.get(service))
+                if s.severity is None:
+                    self._firing.pop(service, None)
+                else:
+                    self._firing[service] = s.severity
         self._forget_quiet_volume()
         exported = set(heapq.nlargest(self.max_services, self._volume, key=self._volume.get))
         exported.update(self._firing)

@@ -67,6 +67,12 @@ async def run_until(settings, condition) -> DetectorService:
     return service
 
 
+def models_of(service: DetectorService, key: tuple) -> list:
+    """The (per-series EWMA) model of series `key` in each partition that holds it."""
+    detectors = service.detectors.values()
+    return [d.bank.models[d.row_of(key)] for d in detectors if d.row_of(key) is not None]
+
+
 async def test_restart_continues_from_learned_state(broker, unique):
     settings = settings_for(broker, unique)
     reports = traffic(random.Random(21), 120, outage=range(0))
@@ -74,12 +80,12 @@ async def test_restart_continues_from_learned_state(broker, unique):
 
     first = await run_until(settings, lambda s: s.messages_seen == len(reports))
     t = (T0 + 119 * MINUTE) / 1000
-    (before,) = [d.models[("x", None)] for d in first.detectors.values() if ("x", None) in d.models]
+    (before,) = models_of(first, ("x", None))
     expected_before = before.score_one(t, 0).expected
     assert before.seen > 100  # well past warm-up
 
     second = await run_until(settings, lambda s: s.ready())
-    restored = [d.models[("x", None)] for d in second.detectors.values() if ("x", None) in d.models]
+    restored = models_of(second, ("x", None))
     assert len(restored) == 1
     assert restored[0].score_one(t, 0).expected == expected_before
     assert restored[0].seen == before.seen  # no second warm-up

@@ -6,7 +6,10 @@ import math
 import pickle
 import random
 
+import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from river import stats
 
 from stream_detector.core.models import DEFAULT_MODEL, MODELS, model_factory
@@ -203,3 +206,46 @@ def test_every_registered_model_speaks_the_protocol(name):
     scored = model.score_one(T0 + 600, 4)
     assert 0.0 <= scored.score <= 1.0 and scored.spread >= 0.0
     model.learn_one(T0 + 600, 4, 0.5)
+
+
+def test_a_bank_scores_each_row_as_its_own_model():
+    """Rows scored together, with gaps of their own, equal one model per series."""
+    rng = random.Random(12)
+    rates = [0.3, 4.0, 25.0]
+    bank = sp.SeasonalPoissonBank(60, warmup_seconds=3600)
+    rows = [bank.add() for _ in rates]
+    alone = [SeasonalPoissonModel(60, warmup_seconds=3600) for _ in rates]
+    for i in range(3 * DAY):
+        t = T0 + MINUTE * i
+        # Each series skips some buckets (no reports): the bank catches them up.
+        active = [r for r in rows if rng.random() < 0.6]
+        if not active:
+            continue
+        xs = [poisson(rng, rates[r]) for r in active]
+        at = np.array(active)
+        bank.catch_up(at, t)
+        together = bank.score(at, t, np.array(xs, dtype=float))
+        bank.learn()
+        for j, (r, x) in enumerate(zip(active, xs, strict=True)):
+            model = alone[r]
+            if not math.isnan(model.last_t) and model.last_t < t - MINUTE:
+                model.learn_zeros(model.last_t + MINUTE, t)
+            single = model.score_one(t, x)
+            model.learn_one(t, x)
+            assert together.score[j] == pytest.approx(single.score, abs=1e-9)
+            assert together.expected[j] == pytest.approx(single.expected, rel=1e-9)
+
+
+@given(
+    start_minute=st.integers(0, 3 * 7 * DAY),
+    gap=st.integers(1, 3 * 7 * DAY),
+    bucket=st.sampled_from([60, 300, 900]),
+)
+def test_gap_buckets_per_slot_have_the_closed_form_of_the_hour_walk(start_minute, gap, bucket):
+    bank = sp.SeasonalPoissonBank(bucket)
+    t_start = T0 + start_minute * 60 - (T0 + start_minute * 60) % bucket
+    n = max(1, gap * 60 // bucket)
+    counts = bank._slot_counts(np.array([t_start], dtype=float), np.array([float(n)]),
+                               t_start + n * bucket)
+    walked = sp._buckets_per_slot(t_start, n, bucket)
+    assert counts[0].tolist() == [float(walked.get(slot, 0)) for slot in range(sp.SLOTS)]

@@ -1,12 +1,13 @@
-"""Per-series models, chosen by name in the configuration."""
+"""Models, chosen by name in the configuration: per series, and as banks of many series."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
+from stream_detector.core.models.bank import ModelBank, PerSeriesBank
 from stream_detector.core.models.base import Scored, SeriesModel
 from stream_detector.core.models.ewma import EWMAModel
-from stream_detector.core.models.seasonal_poisson import SeasonalPoissonModel
+from stream_detector.core.models.seasonal_poisson import SeasonalPoissonBank, SeasonalPoissonModel
 
 ModelFactory = Callable[[float], SeriesModel]
 
@@ -25,6 +26,12 @@ DIRECTIONAL_MODELS: dict[str, Callable[[float, str], SeriesModel]] = {
     ),
 }
 
+# Models with an array implementation for many series at once; the detector
+# steps any other model series by series through `PerSeriesBank`.
+BANKS: dict[str, Callable[[float], ModelBank]] = {
+    "seasonal-poisson": lambda bucket_seconds: SeasonalPoissonBank(bucket_seconds),
+}
+
 # The model a fresh configuration uses.
 DEFAULT_MODEL = "seasonal-poisson"
 
@@ -37,13 +44,22 @@ def model_factory(name: str) -> ModelFactory:
         raise ValueError(f"unknown model {name!r}; choose one of: {known}") from None
 
 
+def model_bank(name: str, bucket_seconds: float) -> ModelBank:
+    """The bank that holds every series of model `name` in one detector."""
+    if name in BANKS:
+        return BANKS[name](bucket_seconds)
+    return PerSeriesBank(model_factory(name), bucket_seconds)
+
+
 __all__ = [
     "DEFAULT_MODEL",
     "DIRECTIONAL_MODELS",
     "MODELS",
+    "ModelBank",
     "ModelFactory",
     "Scored",
     "SeasonalPoissonModel",
     "SeriesModel",
+    "model_bank",
     "model_factory",
 ]

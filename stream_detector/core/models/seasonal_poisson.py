@@ -44,11 +44,12 @@ Design choices and what they were measured against (NAB realTweets, see
 
 Why not river's `stats.EWMean` / `EWVar` objects for the running means: the
 detector needs weighted updates (an open incident teaches the model nothing),
-closed-form updates over a gap of empty buckets (`learn_zeros`) and about 30
-running statistics in under 2 KB, while each river statistic is a separate
-object of about 180 bytes pickled. The recursions are river's
-(`EWMean(fading_factor=a)`: `m += a * (x - m)`; the unit tests check them
-against river), kept as plain floats in `array('d')`s and slots. Nor the
+closed-form updates over a gap of empty buckets (`learn_zeros`), about 80
+running statistics per series, and all the series of a bucket updated in
+one array operation (see `bank`), while each river statistic is a separate
+object of about 180 bytes stepped by its own call. The recursions are
+river's (`EWMean(fading_factor=a)`: `m += a * (x - m)`; the unit tests
+check them against river), kept as columns of one NumPy matrix. Nor the
 rest of river: `proba` has no Poisson or negative binomial (`count_tail`
 stands in), `time_series.HoltWinters` has one season length, no weights and
 no gap update, and `anomaly.GaussianScorer` is the Gaussian z this model
@@ -58,13 +59,14 @@ replaces.
 from __future__ import annotations
 
 import ast
+import base64
 import math
-from array import array
 
-from stream_detector.core.models.base import Scored
+import numpy as np
+from scipy.special import ndtr
 
-_THIRD = 1.0 / 3.0
-_SQRT_HALF = math.sqrt(0.5)
+from stream_detector.core.models.bank import BankScores, SingleSeries
+
 _HOUR = 3600.0
 _DAY = 86_400.0
 _WEEK = 7 * _DAY
@@ -211,8 +213,48 @@ DEFAULTS: dict = {
 }
 
 
-class SeasonalPoissonModel:
-    """Counts against an hour-of-day x weekday/weekend profile, at several time scales.
+# Column layout of a series' row in the bank (n = number of scales):
+# 48 profile slots (NaN until seen), then per scale the EW sums of counts,
+# the EW sums of expectations, the EW mean of the clipped squared residual
+# minus its Poisson part and the EW mean of the squared expectation (the
+# last two's ratio is the dispersion phi of that scale), then the scalars.
+_SCALARS = ("level", "unit", "short", "calib_mean", "calib_sq", "learned", "first_t", "last_t")
+# The same hour of the other day type, for each slot.
+_OTHER_DAY_TYPE = np.r_[np.arange(24, 48), np.arange(0, 24)]
+
+
+def _hour_slot_table() -> tuple[np.ndarray, np.ndarray]:
+    """Hours per slot among the first r hours of an epoch week (r = 0..168), and per whole week.
+
+    Hour 0 of the epoch is a Thursday 00:00 UTC, so the table is indexed by
+    epoch hour modulo 168.
+    """
+    table = np.zeros((169, SLOTS))
+    for r in range(168):
+        table[r + 1] = table[r]
+        table[r + 1, calendar_slot(r * _HOUR)] += 1
+    return table, table[168].copy()
+
+
+_HOURS_BEFORE, _HOURS_PER_WEEK = _hour_slot_table()
+
+
+def _powers(base: float | np.ndarray, n: np.ndarray) -> np.ndarray:
+    """`base ** n` for bases in [0, 1) and exponents n >= 0, through `exp`, which NumPy
+    vectorises while its float `power` goes element by element (0 ** 0 is 1, as with `**`)."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        out = np.exp(n * np.log(base))
+    return np.where(n == 0.0, 1.0, out)
+
+
+def _slots_of_hours(hours: np.ndarray) -> np.ndarray:
+    """Vectorised `calendar_slot` of epoch hour numbers."""
+    day = hours // 24
+    return hours % 24 + 24 * ((day + _EPOCH_WEEKDAY) % 7 >= 5)
+
+
+class SeasonalPoissonBank:
+    """Counts against an hour-of-day x weekday/weekend profile, at several scales, for many series.
 
     `bucket_seconds` is the bucket width (half-lives given in time are
     converted to per-bucket weights with it, so 60 s and 300 s buckets behave
@@ -233,6 +275,363 @@ class SeasonalPoissonModel:
     - `down_min_expected` (0): drops are scored only where at least this
       many reports were expected over the scale.
 
+    Each series is one row of a float64 matrix (`row_floats` numbers, about
+    600 bytes with the default scales), so a bucket's rows are gathered,
+    scored and learned with a few dozen array operations whatever their number.
+
+    >>> bank = SeasonalPoissonBank(bucket_seconds=300, warmup_seconds=3600)
+    >>> quiet, busy = bank.add(), bank.add()
+    >>> rows = np.array([quiet, busy])
+    >>> t0 = 1_767_571_200  # Monday 00:00 UTC
+    >>> for i in range(3000):
+    ...     _ = bank.score(rows, t0 + 300 * i, np.array([2.0, 20 + (i * 7) % 9]))
+    ...     bank.learn()
+    >>> s = bank.score(rows, t0 + 300 * 3000, np.array([2.0, 300.0]))  # busy: a 12-fold burst
+    >>> (s.score > 0.9999).tolist(), s.expected.round(0).tolist()
+    ([False, True], [2.0, 23.0])
+    """
+
+    def __init__(self, bucket_seconds: float, direction: str = "up", **options):
+        self._configure(settings_key(bucket_seconds, direction, **options))
+
+    def _configure(self, config_key: str) -> None:
+        self.config_key = config_key
+        cfg = self.settings
+        self.bucket_seconds = cfg.bucket_seconds
+        n = len(cfg.scales)
+        self.sums = slice(SLOTS, SLOTS + n)
+        self.expected_sums = slice(SLOTS + n, SLOTS + 2 * n)
+        self.residuals = slice(SLOTS + 2 * n, SLOTS + 3 * n)
+        self.squares = slice(SLOTS + 3 * n, SLOTS + 4 * n)
+        (self.level, self.unit, self.short, self.calib_mean, self.calib_sq, self.learned,
+         self.first_t, self.last_t) = range(SLOTS + 4 * n, SLOTS + 4 * n + len(_SCALARS))
+        self.row_floats = SLOTS + 4 * n + len(_SCALARS)
+        self.decays = np.array(cfg.decays)
+        self.units = np.array(cfg.units)
+        self.data = np.empty((0, self.row_floats))
+        self.size = 0
+        # What score() computed, so that learn() of the same bucket reuses it.
+        self._scored: tuple | None = None
+        # Buckets fit whole hours when the width divides an hour; then a gap's
+        # buckets per slot have a closed form (see _slot_counts).
+        self._per_hour = _HOUR / cfg.bucket_seconds
+        self._hour_aligned = self._per_hour.is_integer()
+
+    def __getstate__(self) -> dict:
+        return self.state()
+
+    def __setstate__(self, state: dict) -> None:
+        self._configure(state["config"])
+        self.load_state(state)
+
+    @property
+    def settings(self) -> SeasonalPoissonSettings:
+        return settings_of(self.config_key)
+
+    def __len__(self) -> int:
+        return self.size
+
+    def add(self) -> int:
+        if self.size == len(self.data):
+            grown = np.empty((max(16, 2 * len(self.data)), self.row_floats))
+            grown[: self.size] = self.data[: self.size]
+            self.data = grown
+        row = self.size
+        self.data[row] = 0.0
+        self.data[row, :SLOTS] = math.nan
+        self.data[row, self.unit] = 1.0
+        self.data[row, self.first_t] = math.nan
+        self.data[row, self.last_t] = math.nan
+        self.size += 1
+        return row
+
+    # --- expectation -----------------------------------------------------
+
+    def _profile_at(self, block: np.ndarray, slot: int) -> np.ndarray:
+        """Each row's expectation for `slot`: the slot, else the other day type, else the level."""
+        p = block[:, slot]
+        other = block[:, _OTHER_DAY_TYPE[slot]]
+        return np.where(p == p, p, np.where(other == other, other, block[:, self.level]))
+
+    def _profiles_filled(self, block: np.ndarray) -> np.ndarray:
+        """Every slot of every row, unseen slots filled as `_profile_at` fills them."""
+        p = block[:, :SLOTS]
+        other = p[:, _OTHER_DAY_TYPE]
+        return np.where(p == p, p, np.where(other == other, other, block[:, self.level, None]))
+
+    def _phi(self, block: np.ndarray) -> np.ndarray:
+        """Overdispersion per row and scale."""
+        den = block[:, self.squares]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            phi = np.where(den > 0.0, block[:, self.residuals] / den, _PRIOR_PHI)
+        return np.maximum(phi, _MIN_PHI)
+
+    # --- scoring -----------------------------------------------------------
+
+    def _raw_score(self, block: np.ndarray, x: np.ndarray, mu: np.ndarray) -> np.ndarray:
+        """Largest surprise over the scales, as a normal deviate (0 when nothing stands out)."""
+        cfg = self.settings
+        d = self.decays
+        s = x[:, None] + d * block[:, self.sums]
+        m = np.maximum(mu[:, None] + d * block[:, self.expected_sums], 1e-9)
+        # Quasi-Poisson: S / c behaves like a Poisson count of mean M / c.
+        c = block[:, self.unit, None] * self.units + self._phi(block) * m
+        xs = s / c
+        ms = m / c
+        best = np.zeros(len(x))
+        with np.errstate(divide="ignore", invalid="ignore"):
+            if cfg.up:
+                # Wilson-Hilferty, as count_tail.poisson_upper_z, on arrays.
+                z = 3.0 * np.sqrt(xs) * (1.0 - np.cbrt(ms / xs) - 1.0 / (9.0 * xs))
+                best = np.maximum(best, np.where(xs > ms, z, 0.0).max(axis=1))
+            if cfg.down:
+                x1 = xs + 1.0
+                z = 3.0 * np.sqrt(x1) * (np.cbrt(ms / x1) - 1.0 + 1.0 / (9.0 * x1))
+                low = (xs < ms) & (m >= cfg.down_min_expected)
+                best = np.maximum(best, np.where(low, z, 0.0).max(axis=1))
+        return best
+
+    def score(self, rows: np.ndarray, t: float, x: np.ndarray) -> BankScores:
+        cfg = self.settings
+        block = self.data[rows]
+        mu = np.maximum(self._profile_at(block, calendar_slot(t)), 0.0)
+        raw = self._raw_score(block, x, mu)
+        self._scored = (rows, t, x, mu, raw, block)
+        unit = block[:, self.unit]
+        spread = np.sqrt(mu * (unit + self._phi(block)[:, 0] * mu))
+        # NaN (nothing learned yet) compares False: still warming up.
+        warm = (t - block[:, self.first_t]) >= cfg.warmup_seconds
+        if not warm.any():
+            return BankScores(np.zeros(len(rows)), mu, spread)
+        short = block[:, self.short] + cfg.a_short * (raw - block[:, self.short])
+        mean = block[:, self.calib_mean]
+        sd = np.sqrt(np.maximum(block[:, self.calib_sq] - mean * mean, _MIN_CALIBRATION_SD**2))
+        deviate = (short - mean) / sd - cfg.score_offset
+        return BankScores(np.where(warm, ndtr(deviate), 0.0), mu, spread)
+
+    # --- learning ----------------------------------------------------------
+
+    def learn(self, weights: np.ndarray | None = None) -> None:
+        assert self._scored is not None, "learn() follows score()"
+        rows, t, x, mu, raw, block = self._scored
+        self._scored = None
+        cfg = self.settings
+        w = np.ones(len(rows)) if weights is None else weights
+        unit = block[:, self.unit]
+        unit[x % 1.0 != 0.0] = 0.0  # a fraction: a metric, not counts
+        new = block[:, self.first_t] != block[:, self.first_t]
+        if new.any():
+            block[new, self.first_t] = t
+            block[new, self.level] = x[new]
+        block[:, self.last_t] = t
+        # The short average and the recent sums record what happened, so
+        # they see every bucket whatever its weight.
+        block[:, self.short] += cfg.a_short * (raw - block[:, self.short])
+        learning = w > 0.0
+        if learning.all():
+            self._learn_weighted(block, t, x, mu, w)
+        elif learning.any():
+            part = block[learning]
+            self._learn_weighted(part, t, x[learning], mu[learning], w[learning])
+            block[learning] = part
+        d = self.decays
+        block[:, self.sums] = x[:, None] + d * block[:, self.sums]
+        block[:, self.expected_sums] = mu[:, None] + d * block[:, self.expected_sums]
+        self.data[rows] = block
+
+    def _learn_weighted(
+        self, block: np.ndarray, t: float, x: np.ndarray, mu: np.ndarray, w: np.ndarray
+    ) -> None:
+        """Dispersion, calibration and profile updates of rows learning with weight w > 0."""
+        cfg = self.settings
+        d = self.decays
+        unit = block[:, self.unit]
+        u = unit[:, None] * self.units
+        s = x[:, None] + d * block[:, self.sums]
+        m = mu[:, None] + d * block[:, self.expected_sums]
+        # Residuals are clipped so that one burst cannot inflate the spread.
+        lim = cfg.dispersion_clip * np.sqrt(np.maximum(m * (u + self._phi(block) * m), 0.0))
+        r = np.clip(s - m, -lim, lim)
+        a = (cfg.a_disp * w)[:, None]
+        residuals = block[:, self.residuals]
+        block[:, self.residuals] = residuals + a * (r * r - u * m - residuals)
+        squares = block[:, self.squares]
+        block[:, self.squares] = squares + a * (m * m - squares)
+        # The raw scores of the first hours, before the profile knows the
+        # series, say nothing about its normal surprise.
+        calibrating = (t - block[:, self.first_t]) >= 0.5 * cfg.warmup_seconds
+        if calibrating.any():
+            self._learn_calibration(block, calibrating, w)
+        spread = np.maximum(np.sqrt(mu * (unit + self._phi(block)[:, 0] * mu)), unit)
+        v = np.clip(x, mu - cfg.learn_clip * spread, mu + cfg.learn_clip * spread)
+        slot = calendar_slot(t)
+        p = self._profile_at(block, slot)
+        block[:, slot] = p + cfg.a_profile * w * (v - p)
+        block[:, self.level] += cfg.a_level * w * (v - block[:, self.level])
+
+    def _learn_calibration(self, block: np.ndarray, mask: np.ndarray, w: np.ndarray) -> None:
+        """Long-run mean and spread of the short raw average, with a capped influence of bursts.
+
+        Until a row has learned 1 / a_calib buckets its statistics are plain
+        averages: an EW mean started at zero would understate the spread for
+        days and make a new series jumpy.
+        """
+        cfg = self.settings
+        learned = block[:, self.learned] + np.where(mask, w, 0.0)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            a = np.where(cfg.a_calib * learned < 1.0, 1.0 / learned, cfg.a_calib) * w
+        mean = block[:, self.calib_mean]
+        sq = block[:, self.calib_sq]
+        sd = np.sqrt(np.maximum(sq - mean * mean, _MIN_CALIBRATION_SD**2))
+        cap = mean + cfg.calibration_clip * sd
+        short = block[:, self.short]
+        v = np.where((short > cap) & (learned > 1.0), cap, short)
+        with np.errstate(invalid="ignore"):
+            block[:, self.calib_mean] = np.where(mask, mean + a * (v - mean), mean)
+            block[:, self.calib_sq] = np.where(mask, sq + a * (v * v - sq), sq)
+        block[:, self.learned] = learned
+
+    def catch_up(self, rows: np.ndarray, t: float) -> None:
+        step = self.bucket_seconds
+        last = self.data[rows, self.last_t]
+        behind = last < t - step  # NaN (never learned) compares False
+        if behind.any():
+            self.learn_zeros(rows[behind], last[behind] + step, t)
+
+    def learn_zeros(self, rows: np.ndarray, t_start: np.ndarray, t_end: float) -> None:
+        """Learn the empty buckets in [t_start[i], t_end) of each row in one step.
+
+        The cost grows with the number of rows, never with the number of buckets.
+        """
+        cfg = self.settings
+        step = cfg.bucket_seconds
+        n = np.rint((t_end - t_start) / step)
+        if not (n > 0).all():
+            keep_rows = n > 0
+            rows, t_start, n = rows[keep_rows], t_start[keep_rows], n[keep_rows]
+            if not len(rows):
+                return
+        block = self.data[rows]
+        first = block[:, self.first_t]
+        block[:, self.first_t] = np.where(first == first, first, t_start)
+        mu = self._learn_zero_profile(block, t_start, n, t_end)
+        block[:, self.level] *= _powers(1.0 - cfg.a_level, n)
+        # Dispersion and sums: n updates with a zero count and expectation mu.
+        d = self.decays
+        keep_disp = _powers(1.0 - cfg.a_disp, n)[:, None]
+        m = mu[:, None] / (1.0 - d)
+        u = block[:, self.unit, None] * self.units
+        lim = cfg.dispersion_clip * np.sqrt(m * (u + self._phi(block) * m))
+        r = np.minimum(m, lim)
+        block[:, self.residuals] = (
+            block[:, self.residuals] * keep_disp + (1.0 - keep_disp) * (r * r - u * m)
+        )
+        block[:, self.squares] = block[:, self.squares] * keep_disp + (1.0 - keep_disp) * m * m
+        # The last bucket of the gap is pushed below, as learn() would.
+        dn1 = _powers(d, n[:, None] - 1.0)
+        block[:, self.sums] *= dn1
+        block[:, self.expected_sums] = (
+            block[:, self.expected_sums] * dn1 + mu[:, None] * (1.0 - dn1) / (1.0 - d)
+        )
+        # The raw score of an empty bucket is (about) the same through the gap.
+        raw = self._raw_score(block, np.zeros(len(rows)), mu)
+        block[:, self.short] = raw + (block[:, self.short] - raw) * _powers(1.0 - cfg.a_short, n)
+        calibrating = t_end - block[:, self.first_t] >= 0.5 * cfg.warmup_seconds
+        if calibrating.any():
+            learned = block[:, self.learned]
+            with np.errstate(divide="ignore", invalid="ignore"):
+                keep_calib = np.where(
+                    cfg.a_calib * (learned + n) < 1.0,
+                    learned / (learned + n),  # still plain averages
+                    _powers(1.0 - cfg.a_calib, n),
+                )
+            keep_calib = np.where(calibrating, keep_calib, 1.0)
+            mean = block[:, self.calib_mean]
+            block[:, self.calib_mean] = np.where(calibrating, raw + (mean - raw) * keep_calib, mean)
+            sq = block[:, self.calib_sq]
+            block[:, self.calib_sq] = np.where(
+                calibrating, raw * raw + (sq - raw * raw) * keep_calib, sq
+            )
+            block[:, self.learned] = learned + np.where(calibrating, n, 0.0)
+        block[:, self.sums] *= d
+        block[:, self.expected_sums] = mu[:, None] + d * block[:, self.expected_sums]
+        block[:, self.last_t] = t_start + (n - 1.0) * step
+        self.data[rows] = block
+        self._scored = None
+
+    def _learn_zero_profile(
+        self, block: np.ndarray, t_start: np.ndarray, n: np.ndarray, t_end: float
+    ) -> np.ndarray:
+        """Decay each row's profile slots by the empty buckets of its gap; returns the gap's
+        expectation, the mean of the profile over its buckets (before they are learned)."""
+        keep = 1.0 - self.settings.a_profile
+        mu = np.empty(len(n))
+        # Most gaps of an active series lie within one clock hour, so within
+        # one slot: a column per row instead of all 48.
+        hours = t_start // _HOUR
+        one_hour = hours == (t_end - self.bucket_seconds) // _HOUR
+        if self._hour_aligned and one_hour.any():
+            part = block[one_hour]
+            index = np.arange(len(part))
+            slots = _slots_of_hours(hours[one_hour].astype(np.int64))
+            p = part[index, slots]
+            other = part[index, _OTHER_DAY_TYPE[slots]]
+            p = np.where(p == p, p, np.where(other == other, other, part[:, self.level]))
+            part[index, slots] = p * _powers(keep, n[one_hour])
+            block[one_hour] = part
+            mu[one_hour] = p
+            if one_hour.all():
+                return mu
+        spanning = ~one_hour if self._hour_aligned else np.ones(len(n), dtype=bool)
+        part = block[spanning]
+        counts = self._slot_counts(t_start[spanning], n[spanning], t_end)
+        filled = self._profiles_filled(part)
+        mu[spanning] = (counts * filled).sum(axis=1) / n[spanning]
+        part[:, :SLOTS] = np.where(counts > 0, filled * _powers(keep, counts), part[:, :SLOTS])
+        block[spanning] = part
+        return mu
+
+    def _slot_counts(self, t_start: np.ndarray, n: np.ndarray, t_end: float) -> np.ndarray:
+        """Buckets per profile slot in each row's gap, as a (rows x 48) array."""
+        if not self._hour_aligned:
+            counts = np.zeros((len(n), SLOTS))
+            for i, (start, k) in enumerate(zip(t_start.tolist(), n.tolist(), strict=True)):
+                for slot, c in _buckets_per_slot(start, int(k), self.bucket_seconds).items():
+                    counts[i, slot] = c
+            return counts
+        # Buckets of each slot before time T: the whole hours before T's hour
+        # (per slot, from a week table), plus the buckets of T's own hour.
+        end = self._buckets_before(np.array([t_end]))
+        return end - self._buckets_before(t_start)
+
+    def _buckets_before(self, times: np.ndarray) -> np.ndarray:
+        hours = (times // _HOUR).astype(np.int64)
+        whole = (hours // 168)[:, None] * _HOURS_PER_WEEK + _HOURS_BEFORE[hours % 168]
+        counts = whole * self._per_hour
+        counts[np.arange(len(hours)), _slots_of_hours(hours)] += (times - hours * _HOUR) / (
+            self.bucket_seconds
+        )
+        return counts
+
+    # --- state -------------------------------------------------------------
+
+    def state(self) -> dict:
+        rows = np.ascontiguousarray(self.data[: self.size])
+        return {"config": self.config_key, "rows": self.size,
+                "data": base64.b64encode(rows.tobytes()).decode()}
+
+    def load_state(self, state: dict) -> None:
+        if state["config"] != self.config_key:
+            raise ValueError(f"stored model settings {state['config']} are not {self.config_key}")
+        data = np.frombuffer(base64.b64decode(state["data"]), dtype=np.float64)
+        self.data = data.reshape(state["rows"], self.row_floats).copy()
+        self.size = state["rows"]
+        self._scored = None
+
+
+class SeasonalPoissonModel(SingleSeries):
+    """One series' `SeasonalPoissonBank`, with the per-series protocol; same arguments.
+
     >>> m = SeasonalPoissonModel(bucket_seconds=300, warmup_seconds=3600)
     >>> t0 = 1_767_571_200  # Monday 00:00 UTC
     >>> for i in range(3000):
@@ -244,269 +643,26 @@ class SeasonalPoissonModel:
     True
     """
 
-    __slots__ = (
-        "config_key", "profile", "stats", "level", "unit", "short", "calib_mean", "calib_sq",
-        "learned",
-        "first_t", "last_t", "_slot", "_slot_from", "_slot_until", "_t", "_x", "_mu", "_raw",
-    )
+    __slots__ = ()
 
     def __init__(self, bucket_seconds: float, direction: str = "up", **options):
-        self.config_key = settings_key(bucket_seconds, direction, **options)
-        self.profile = array("d", [math.nan]) * SLOTS
-        # Per scale j (n scales): [j] EW sum of counts, [n+j] EW sum of
-        # expectations, [2n+j] EW mean of clipped squared residual minus the
-        # Poisson part, [3n+j] EW mean of the squared expectation; their
-        # ratio is the dispersion phi of that scale.
-        self.stats = array("d", [0.0]) * (4 * len(self.settings.scales))
-        self.level = 0.0
-        # 1 while every value has been a whole number (counts: Poisson noise
-        # at least); 0 once a fraction shows up (a metric: relative noise only).
-        self.unit = 1.0
-        self.short = 0.0
-        self.calib_mean = 0.0
-        self.calib_sq = 0.0
-        # Buckets the calibration has learned (weighted). Until 1 / a_calib of
-        # them, its statistics are plain averages: an EW mean started at zero
-        # would understate the spread for days and make a new series jumpy.
-        self.learned = 0.0
-        self.first_t: float | None = None
-        self.last_t: float | None = None
-        self._slot = 0
-        self._slot_from = 1.0
-        self._slot_until = 0.0
-        # What score_one computed, so that learn_one of the same bucket reuses it.
-        self._t: float | None = None
-        self._x = 0.0
-        self._mu = 0.0
-        self._raw = 0.0
+        super().__init__(SeasonalPoissonBank(bucket_seconds, direction, **options))
 
     @property
     def settings(self) -> SeasonalPoissonSettings:
-        return settings_of(self.config_key)
+        return self.bank.settings
 
-    # --- expectation -----------------------------------------------------
+    @property
+    def profile(self) -> np.ndarray:
+        return self.bank.data[0, :SLOTS]
 
-    def _slot_of(self, t: float) -> int:
-        if self._slot_from <= t < self._slot_until:
-            return self._slot
-        start = (t // _HOUR) * _HOUR
-        self._slot = calendar_slot(t)
-        self._slot_from = start
-        self._slot_until = start + _HOUR
-        return self._slot
+    @property
+    def unit(self) -> float:
+        return float(self.bank.data[0, self.bank.unit])
 
-    def _profile_at(self, slot: int) -> float:
-        p = self.profile[slot]
-        if p == p:  # not NaN: the slot has been seen
-            return p
-        other = self.profile[slot - 24 if slot >= 24 else slot + 24]
-        return other if other == other else self.level
-
-    def expected(self, t: float) -> float:
-        """Expected count of the bucket starting at epoch second `t`."""
-        return self._profile_at(self._slot_of(t))
-
-    def _phi(self, j: int) -> float:
-        stats = self.stats
-        n4 = len(stats)
-        den = stats[3 * n4 // 4 + j]
-        phi = stats[n4 // 2 + j] / den if den > 0.0 else _PRIOR_PHI
-        return phi if phi > _MIN_PHI else _MIN_PHI
-
-    # --- scoring -----------------------------------------------------------
-
-    def _raw_score(self, x: float, mu: float) -> float:
-        """Largest surprise over the scales, as a normal deviate (0 when nothing stands out)."""
-        cfg = settings_of(self.config_key)
-        stats = self.stats
-        n = len(cfg.scales)
-        unit = self.unit
-        up, down = cfg.up, cfg.down
-        best = 0.0
-        for j in range(n):
-            d = cfg.decays[j]
-            s = x + d * stats[j]
-            m = mu + d * stats[n + j]
-            if m < 1e-9:
-                m = 1e-9
-            den = stats[3 * n + j]
-            phi = stats[2 * n + j] / den if den > 0.0 else _PRIOR_PHI
-            if phi < _MIN_PHI:
-                phi = _MIN_PHI
-            # Quasi-Poisson: S / c behaves like a Poisson count of mean M / c.
-            c = unit * cfg.units[j] + phi * m
-            xs = s / c
-            ms = m / c
-            if up and xs > ms:
-                # Wilson-Hilferty, as count_tail.poisson_upper_z, inlined for speed.
-                z = 3.0 * math.sqrt(xs) * (1.0 - (ms / xs) ** _THIRD - 1.0 / (9.0 * xs))
-                if z > best:
-                    best = z
-            elif down and xs < ms and m >= cfg.down_min_expected:
-                xs += 1.0
-                z = 3.0 * math.sqrt(xs) * ((ms / xs) ** _THIRD - 1.0 + 1.0 / (9.0 * xs))
-                if z > best:
-                    best = z
-        return best
-
-    def score_one(self, t: float, x: float) -> Scored:
-        cfg = settings_of(self.config_key)
-        mu = self._profile_at(self._slot_of(t))
-        if mu < 0.0:
-            mu = 0.0
-        raw = self._raw_score(x, mu)
-        self._t, self._x, self._mu, self._raw = t, x, mu, raw
-        spread = math.sqrt(mu * (self.unit + self._phi(0) * mu))
-        first = self.first_t
-        if first is None or t - first < cfg.warmup_seconds:
-            return Scored(0.0, mu, spread)
-        short = self.short + cfg.a_short * (raw - self.short)
-        mean = self.calib_mean
-        var = self.calib_sq - mean * mean
-        sd = math.sqrt(var) if var > _MIN_CALIBRATION_SD**2 else _MIN_CALIBRATION_SD
-        deviate = (short - mean) / sd - cfg.score_offset
-        return Scored(0.5 * math.erfc(-deviate * _SQRT_HALF), mu, spread)
-
-    # --- learning ----------------------------------------------------------
-
-    def learn_one(self, t: float, x: float, weight: float = 1.0) -> None:
-        if self._t != t or self._x != x:
-            self.score_one(t, x)
-        self._t = None
-        cfg = settings_of(self.config_key)
-        mu = self._mu
-        raw = self._raw
-        if self.unit and x % 1.0:
-            self.unit = 0.0
-        if self.first_t is None:
-            self.first_t = t
-            self.level = x
-        self.last_t = t
-        # The short average and the recent sums record what happened, so
-        # they see every bucket whatever its weight.
-        short = self.short = self.short + cfg.a_short * (raw - self.short)
-        stats = self.stats
-        n = len(cfg.scales)
-        if weight > 0.0:
-            unit = self.unit
-            a = cfg.a_disp * weight
-            k = cfg.dispersion_clip
-            for j in range(n):
-                d = cfg.decays[j]
-                s = x + d * stats[j]
-                m = mu + d * stats[n + j]
-                den = stats[3 * n + j]
-                phi = stats[2 * n + j] / den if den > 0.0 else _PRIOR_PHI
-                if phi < _MIN_PHI:
-                    phi = _MIN_PHI
-                u = unit * cfg.units[j]
-                # Residuals are clipped so that one burst cannot inflate the spread.
-                lim = k * math.sqrt(m * (u + phi * m)) if m > 0.0 else 0.0
-                r = s - m
-                if r > lim:
-                    r = lim
-                elif r < -lim:
-                    r = -lim
-                stats[2 * n + j] += a * (r * r - u * m - stats[2 * n + j])
-                stats[3 * n + j] += a * (m * m - stats[3 * n + j])
-            # The raw scores of the first hours, before the profile knows the
-            # series, say nothing about its normal surprise.
-            if t - self.first_t >= 0.5 * cfg.warmup_seconds:
-                self._learn_calibration(short, weight)
-            spread = math.sqrt(mu * (unit + self._phi(0) * mu))
-            if spread < unit:
-                spread = unit
-            lo = mu - cfg.learn_clip * spread
-            hi = mu + cfg.learn_clip * spread
-            v = lo if x < lo else hi if x > hi else x
-            slot = self._slot_of(t)
-            p = self.profile[slot]
-            if p != p:
-                p = self._profile_at(slot)
-            self.profile[slot] = p + cfg.a_profile * weight * (v - p)
-            self.level += cfg.a_level * weight * (v - self.level)
-        for j in range(n):
-            d = cfg.decays[j]
-            stats[j] = x + d * stats[j]
-            stats[n + j] = mu + d * stats[n + j]
-
-    def _learn_calibration(self, short: float, weight: float) -> None:
-        """Long-run mean and spread of the short raw average, with a capped influence of bursts."""
-        cfg = settings_of(self.config_key)
-        self.learned += weight
-        a = cfg.a_calib
-        if a * self.learned < 1.0:
-            a = 1.0 / self.learned
-        a *= weight
-        mean = self.calib_mean
-        var = self.calib_sq - mean * mean
-        sd = math.sqrt(var) if var > _MIN_CALIBRATION_SD**2 else _MIN_CALIBRATION_SD
-        cap = mean + cfg.calibration_clip * sd
-        v = cap if short > cap and self.learned > 1.0 else short
-        self.calib_mean = mean + a * (v - mean)
-        self.calib_sq += a * (v * v - self.calib_sq)
-
-    def learn_zeros(self, t_start: float, t_end: float) -> None:
-        """Learn the empty buckets in [t_start, t_end) in one step.
-
-        The cost grows with the hours the gap spans, up to two weeks' worth
-        of hour slots, never with the number of buckets.
-        """
-        cfg = settings_of(self.config_key)
-        step = cfg.bucket_seconds
-        n = int(round((t_end - t_start) / step))
-        if n <= 0:
-            return
-        if self.first_t is None:
-            self.first_t = t_start
-        # Expectation over the gap, before it is learned: the mean of the
-        # profile over the buckets, slot by slot.
-        counts = _buckets_per_slot(t_start, n, step)
-        keep = 1.0 - cfg.a_profile
-        total = 0.0
-        profile = self.profile
-        for slot, k in counts.items():
-            p = self._profile_at(slot)
-            total += k * p
-            profile[slot] = p * keep**k
-        mu = total / n
-        self.level *= (1.0 - cfg.a_level) ** n
-        # Dispersion and sums: n updates with a zero count and expectation mu.
-        stats = self.stats
-        ns = len(cfg.scales)
-        keep_disp = (1.0 - cfg.a_disp) ** n
-        unit = self.unit
-        for j in range(ns):
-            d = cfg.decays[j]
-            m = mu / (1.0 - d) if d < 1.0 else mu
-            u = unit * cfg.units[j]
-            phi = self._phi(j)
-            lim = cfg.dispersion_clip * math.sqrt(m * (u + phi * m)) if m > 0.0 else 0.0
-            r = m if m < lim else lim
-            stats[2 * ns + j] = stats[2 * ns + j] * keep_disp + (1 - keep_disp) * (r * r - u * m)
-            stats[3 * ns + j] = stats[3 * ns + j] * keep_disp + (1 - keep_disp) * m * m
-            # The last bucket of the gap is pushed below, as learn_one would.
-            dn1 = d ** (n - 1)
-            stats[j] *= dn1
-            stats[ns + j] = stats[ns + j] * dn1 + mu * (1.0 - dn1) / (1.0 - d)
-        # The raw score of an empty bucket is (about) the same through the gap.
-        raw = self._raw_score(0.0, mu)
-        keep_short = (1.0 - cfg.a_short) ** n
-        self.short = raw + (self.short - raw) * keep_short
-        if t_end - self.first_t >= 0.5 * cfg.warmup_seconds:
-            if cfg.a_calib * (self.learned + n) < 1.0:
-                keep_calib = self.learned / (self.learned + n)  # still plain averages
-            else:
-                keep_calib = (1.0 - cfg.a_calib) ** n
-            self.calib_mean = raw + (self.calib_mean - raw) * keep_calib
-            self.calib_sq = raw * raw + (self.calib_sq - raw * raw) * keep_calib
-            self.learned += n
-        for j in range(ns):
-            d = cfg.decays[j]
-            stats[j] = d * stats[j]
-            stats[ns + j] = mu + d * stats[ns + j]
-        self.last_t = t_start + (n - 1) * step
-        self._t = None
+    @property
+    def last_t(self) -> float:
+        return float(self.bank.data[0, self.bank.last_t])
 
 
 def _buckets_per_slot(t_start: float, n: int, step: float) -> dict[int, int]:
