@@ -237,8 +237,7 @@ class PartitionDetector:
         t = start / 1000
         bank = self.bank
         rows = np.array(series.rows, dtype=np.intp)
-        bank.catch_up(rows, t)
-        scored = bank.score(rows, t, np.array(reports, dtype=float))
+        scored = bank.score(rows, t, np.array(reports, dtype=float), catch_up=True)
         weights = np.ones(len(rows))
         alerts: list[dict] = []
         severities: dict[int, str] = {}

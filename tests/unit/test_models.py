@@ -223,8 +223,7 @@ def test_a_bank_scores_each_row_as_its_own_model():
             continue
         xs = [poisson(rng, rates[r]) for r in active]
         at = np.array(active)
-        bank.catch_up(at, t)
-        together = bank.score(at, t, np.array(xs, dtype=float))
+        together = bank.score(at, t, np.array(xs, dtype=float), catch_up=True)
         bank.learn()
         for j, (r, x) in enumerate(zip(active, xs, strict=True)):
             model = alone[r]

@@ -9,8 +9,9 @@ the detector's bottleneck (about 8 microseconds per series and bucket,
 where a consumer reading 300,000 reports a second has about one).
 
 A series is a row, numbered from 0 in the order `add` created them. Per
-bucket the detector calls `catch_up` (the empty buckets a row skipped),
-`score`, and then `learn` with the weight each row may learn with.
+bucket the detector calls `score` with `catch_up` (first learn the empty
+buckets each row skipped) and then `learn` with the weight each row may
+learn with.
 
 `SingleSeries` turns a bank of one row back into the per-series protocol
 (`score_one`/`learn_one`/`learn_zeros`) for one-series uses such as
@@ -50,16 +51,19 @@ class ModelBank(Protocol):
         """A new series' row, with nothing learned yet."""
         ...
 
-    def catch_up(self, rows: np.ndarray, t: float) -> None:
-        """Learn, for each row, the empty buckets between its last learned bucket and `t`."""
-        ...
-
     def learn_zeros(self, rows: np.ndarray, t_start: np.ndarray, t_end: float) -> None:
         """Learn that every bucket in [t_start[i], t_end) of row i had no reports."""
         ...
 
-    def score(self, rows: np.ndarray, t: float, x: np.ndarray) -> BankScores:
-        """Score value x[i] of row rows[i] in the bucket starting at epoch second `t`."""
+    def score(
+        self, rows: np.ndarray, t: float, x: np.ndarray, catch_up: bool = False
+    ) -> BankScores:
+        """Score value x[i] of row rows[i] in the bucket starting at epoch second `t`.
+
+        With `catch_up`, each row first learns the empty buckets between its
+        last learned bucket and `t` (a series of irregular rows does not want that).
+        `learn` must follow, and stores both.
+        """
         ...
 
     def learn(self, weights: np.ndarray | None = None) -> None:
@@ -134,20 +138,20 @@ class PerSeriesBank:
         self.last_t.append(None)
         return len(self.models) - 1
 
-    def catch_up(self, rows: np.ndarray, t: float) -> None:
-        step = self.bucket_seconds
-        for row in rows.tolist():
-            last = self.last_t[row]
-            if last is not None and t - last > step:
-                self.models[row].learn_zeros(last + step, t)
-                self.last_t[row] = t - step
-
     def learn_zeros(self, rows: np.ndarray, t_start: np.ndarray, t_end: float) -> None:
         for row, start in zip(rows.tolist(), t_start.tolist(), strict=True):
             self.models[row].learn_zeros(start, t_end)
             self.last_t[row] = t_end - self.bucket_seconds
 
-    def score(self, rows: np.ndarray, t: float, x: np.ndarray) -> BankScores:
+    def score(
+        self, rows: np.ndarray, t: float, x: np.ndarray, catch_up: bool = False
+    ) -> BankScores:
+        if catch_up:
+            step = self.bucket_seconds
+            for row in rows.tolist():
+                last = self.last_t[row]
+                if last is not None and t - last > step:
+                    self.models[row].learn_zeros(last + step, t)
         scored = [self.models[r].score_one(t, v) for r, v in zip(rows.tolist(), x.tolist(),
                                                                    strict=True)]
         self._scored = (rows, t, x)

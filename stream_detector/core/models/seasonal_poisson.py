@@ -391,9 +391,23 @@ class SeasonalPoissonBank:
                 best = np.maximum(best, np.where(low, z, 0.0).max(axis=1))
         return best
 
-    def score(self, rows: np.ndarray, t: float, x: np.ndarray) -> BankScores:
+    def score(
+        self, rows: np.ndarray, t: float, x: np.ndarray, catch_up: bool = False
+    ) -> BankScores:
         cfg = self.settings
         block = self.data[rows]
+        if catch_up:
+            # On the gathered rows, so that learn() stores them with the bucket.
+            step = cfg.bucket_seconds
+            last = block[:, self.last_t]
+            behind = last < t - step  # NaN (never learned) compares False
+            if behind.all():
+                self._learn_zeros_block(block, last + step, np.rint((t - last) / step) - 1.0, t)
+            elif behind.any():
+                part = block[behind]
+                start = last[behind] + step
+                self._learn_zeros_block(part, start, np.rint((t - start) / step), t)
+                block[behind] = part
         mu = np.maximum(self._profile_at(block, calendar_slot(t)), 0.0)
         raw = self._raw_score(block, x, mu)
         self._scored = (rows, t, x, mu, raw, block)
@@ -491,13 +505,6 @@ class SeasonalPoissonBank:
             block[:, self.calib_sq] = np.where(mask, sq + a * (v * v - sq), sq)
         block[:, self.learned] = learned
 
-    def catch_up(self, rows: np.ndarray, t: float) -> None:
-        step = self.bucket_seconds
-        last = self.data[rows, self.last_t]
-        behind = last < t - step  # NaN (never learned) compares False
-        if behind.any():
-            self.learn_zeros(rows[behind], last[behind] + step, t)
-
     def learn_zeros(self, rows: np.ndarray, t_start: np.ndarray, t_end: float) -> None:
         """Learn the empty buckets in [t_start[i], t_end) of each row in one step.
 
@@ -512,6 +519,16 @@ class SeasonalPoissonBank:
             if not len(rows):
                 return
         block = self.data[rows]
+        self._learn_zeros_block(block, t_start, n, t_end)
+        self.data[rows] = block
+        self._scored = None
+
+    def _learn_zeros_block(
+        self, block: np.ndarray, t_start: np.ndarray, n: np.ndarray, t_end: float
+    ) -> None:
+        """`learn_zeros` on gathered rows, in place: n[i] > 0 empty buckets from t_start[i]."""
+        cfg = self.settings
+        step = cfg.bucket_seconds
         first = block[:, self.first_t]
         block[:, self.first_t] = np.where(first == first, first, t_start)
         mu = self._learn_zero_profile(block, t_start, n, t_end)
@@ -534,7 +551,7 @@ class SeasonalPoissonBank:
             block[:, self.expected_sums] * dn1 + mu[:, None] * (1.0 - dn1) / (1.0 - d)
         )
         # The raw score of an empty bucket is (about) the same through the gap.
-        raw = self._raw_score(block, np.zeros(len(rows)), mu)
+        raw = self._raw_score(block, np.zeros(len(n)), mu)
         block[:, self.short] = raw + (block[:, self.short] - raw) * _powers(1.0 - cfg.a_short, n)
         calibrating = t_end - block[:, self.first_t] >= 0.5 * cfg.warmup_seconds
         if calibrating.any():
@@ -556,8 +573,6 @@ class SeasonalPoissonBank:
         block[:, self.sums] *= d
         block[:, self.expected_sums] = mu[:, None] + d * block[:, self.expected_sums]
         block[:, self.last_t] = t_start + (n - 1.0) * step
-        self.data[rows] = block
-        self._scored = None
 
     def _learn_zero_profile(
         self, block: np.ndarray, t_start: np.ndarray, n: np.ndarray, t_end: float
