@@ -52,6 +52,7 @@ VARIANTS = {
     "open_score=0.9999": dataclasses.replace(BASE, policy=IncidentPolicy(open_score=0.9999)),
     "critical_ratio=8": dataclasses.replace(BASE, policy=IncidentPolicy(critical_ratio=8.0)),
     "confirm_buckets=1": dataclasses.replace(BASE, policy=IncidentPolicy(confirm_buckets=1)),
+    "confirm_buckets=2": dataclasses.replace(BASE, policy=IncidentPolicy(confirm_buckets=2)),
     "regions off": dataclasses.replace(BASE, regions=False),
 }
 

@@ -379,7 +379,9 @@ class SeasonalPoissonBank:
         xs = s / c
         ms = m / c
         best = np.zeros(len(x))
-        with np.errstate(divide="ignore", invalid="ignore"):
+        # Rows whose branch does not apply may divide by zero or overflow;
+        # `where` drops them.
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
             if cfg.up:
                 # Wilson-Hilferty, as count_tail.poisson_upper_z, on arrays.
                 z = 3.0 * np.sqrt(xs) * (1.0 - np.cbrt(ms / xs) - 1.0 / (9.0 * xs))
