@@ -9,19 +9,24 @@ from __future__ import annotations
 
 import asyncio
 import heapq
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.registry import Collector
 
 from stream_detector import __version__
-from stream_detector.core.detector import OUTCOMES, ClosedBucket
+from stream_detector.core.buckets import ServiceCounts
+from stream_detector.core.detector import OUTCOMES, ClosedBucket, SeriesScore
 from stream_detector.core.events import REASONS
 from stream_detector.core.incidents import CRITICAL
 
 # Recent volume decays by this factor per closed bucket, so the top-N follows
 # what is busy now rather than what was busy last week.
 VOLUME_DECAY = 0.9
+# Below this decayed volume a service that is not firing is forgotten.
+QUIET_VOLUME = 0.01
 TOP_BREAKDOWN = 5
 
 
@@ -33,7 +38,6 @@ class DetectorMetrics:
         registry: CollectorRegistry | None = None,
     ):
         self.registry = registry or CollectorRegistry()
-        self.max_services = max_services
         r = self.registry
         self.reports = Counter("stream_detector_reports", "Report messages by outcome.",
                                ["outcome"], registry=r)
@@ -53,30 +57,9 @@ class DetectorMetrics:
                                       "Buckets closed and scored.", registry=r)
         self.series_active = Gauge("stream_detector_series_active",
                                    "Series that have a model.", registry=r)
-        self.service_reports = Gauge("stream_detector_service_reports",
-                                     "Reports in the service's last closed bucket.",
-                                     ["service"], registry=r)
-        self.service_expected = Gauge("stream_detector_service_expected_reports",
-                                      "The model's expected reports for that bucket.",
-                                      ["service"], registry=r)
-        self.service_spread = Gauge("stream_detector_service_spread_reports",
-                                    "About one standard deviation around the expected reports.",
-                                    ["service"], registry=r)
-        self.service_score = Gauge("stream_detector_service_anomaly_score",
-                                   "Anomaly score of the last bucket, 0..1.",
-                                   ["service"], registry=r)
-        self.service_firing = Gauge("stream_detector_service_incident_firing",
-                                    "1 while a service-wide incident is open.",
-                                    ["service"], registry=r)
-        self.service_severity = Gauge("stream_detector_service_incident_severity",
-                                      "0 none, 1 warning, 2 critical.",
-                                      ["service"], registry=r)
-        self.region_reports = Gauge("stream_detector_service_region_reports",
-                                    "Reports in the last bucket by region (top 5).",
-                                    ["service", "region"], registry=r)
-        self.problem_reports = Gauge("stream_detector_service_problem_reports",
-                                     "Reports in the last bucket by problem category (top 5).",
-                                     ["service", "problem"], registry=r)
+        # Per-service gauges are built by this collector when scraped.
+        self.services = ServiceGauges(max_services, bucket_ms)
+        r.register(self.services)
         self.lag = Gauge("stream_detector_consumer_lag_messages",
                          "Messages between the committed position and the partition's end.",
                          ["topic", "partition"], registry=r)
@@ -96,12 +79,6 @@ class DetectorMetrics:
         Gauge("stream_detector_build_info", "Version of the running detector.",
               ["version"], registry=r).labels(__version__).set(1)
 
-        self._volume: dict[str, float] = {}
-        self._volume_until_ms = 0
-        self._bucket_ms = bucket_ms
-        self._exported: dict[str, tuple[list[str], list[str]]] = {}
-        self._firing: dict[str, str] = {}
-
     @classmethod
     def for_settings(cls, settings) -> DetectorMetrics:
         return cls(settings.metrics_max_services, int(settings.bucket * 1000))
@@ -112,72 +89,11 @@ class DetectorMetrics:
                 self.reports.labels(outcome).inc(n)
 
     def observe_buckets(self, closed: Iterable[ClosedBucket]) -> None:
-        """Refresh per-service gauges from the buckets just closed."""
-        latest: dict[str, tuple] = {}
+        """Record what the per-service gauges will show from the buckets just closed."""
         for bucket in closed:
             self.buckets_closed.inc()
-            # Decay by bucket time, not per bucket object: partitions close the
-            # same minute separately, and that minute should age volume once.
-            if bucket.start_ms > self._volume_until_ms:
-                steps = (bucket.start_ms - self._volume_until_ms) // self._bucket_ms
-                factor = VOLUME_DECAY ** min(steps, 1000)
-                for name in self._volume:
-                    self._volume[name] *= factor
-                self._volume_until_ms = bucket.start_ms
-            for service, (n, _, _) in bucket.counts.items():
-                self._volume[service] = self._volume.get(service, 0.0) + n
-            for service, s in bucket.service_scores().items():
-                latest[service] = (s, bucket.counts.get(service))
-                if s.severity is None:
-                    self._firing.pop(service, None)
-                else:
-                    self._firing[service] = s.severity
-        self._forget_quiet_volume()
-        exported = set(heapq.nlargest(self.max_services, self._volume, key=self._volume.get))
-        exported.update(self._firing)
-        for service in [s for s in self._exported if s not in exported]:
-            self._remove(service)
-        for service, (s, counts) in latest.items():
-            if service in exported:
-                self._export(service, s, counts)
-        self.incidents_open.set(len(self._firing))
-
-    def _forget_quiet_volume(self) -> None:
-        for name in [n for n, v in self._volume.items() if v < 0.01]:
-            del self._volume[name]
-
-    def _export(self, service: str, s, counts) -> None:
-        self.service_reports.labels(service).set(s.reports)
-        self.service_expected.labels(service).set(s.expected)
-        self.service_spread.labels(service).set(s.spread)
-        self.service_score.labels(service).set(s.score)
-        self.service_firing.labels(service).set(0 if s.severity is None else 1)
-        level = 0 if s.severity is None else (2 if s.severity == CRITICAL else 1)
-        self.service_severity.labels(service).set(level)
-        regions, problems = self._exported.get(service, ([], []))
-        for region in regions:
-            self.region_reports.remove(service, region)
-        for problem in problems:
-            self.problem_reports.remove(service, problem)
-        regions, problems = [], []
-        if counts is not None:
-            for region, n in heapq.nlargest(TOP_BREAKDOWN, counts[1].items(), key=_count):
-                self.region_reports.labels(service, region).set(n)
-                regions.append(region)
-            for problem, n in heapq.nlargest(TOP_BREAKDOWN, counts[2].items(), key=_count):
-                self.problem_reports.labels(service, problem).set(n)
-                problems.append(problem)
-        self._exported[service] = (regions, problems)
-
-    def _remove(self, service: str) -> None:
-        regions, problems = self._exported.pop(service)
-        for gauge in (self.service_reports, self.service_expected, self.service_spread,
-                      self.service_score, self.service_firing, self.service_severity):
-            gauge.remove(service)
-        for region in regions:
-            self.region_reports.remove(service, region)
-        for problem in problems:
-            self.problem_reports.remove(service, problem)
+            self.services.observe(bucket)
+        self.incidents_open.set(len(self.services.firing))
 
     def observe_alert(self, alert: dict, latency_seconds: float) -> None:
         self.alerts.labels(alert["status"], alert["severity"]).inc()
@@ -185,6 +101,140 @@ class DetectorMetrics:
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class _Service:
+    """What the scrape needs of one service: its latest score and counts, and recent volume."""
+
+    __slots__ = ("score", "counts", "volume", "volume_ms")
+
+    def __init__(self, score: SeriesScore, volume_ms: int):
+        self.score = score
+        self.counts: ServiceCounts | None = None
+        """[reports, {region: n}, {problem: n}] of the latest bucket; None if it had none."""
+        self.volume = 0.0
+        self.volume_ms = volume_ms
+        """Start of the bucket `volume` was decayed to; each bucket since decays it once more."""
+
+
+class ServiceGauges(Collector):
+    """The per-service gauges, built at scrape time from the latest closed buckets.
+
+    Buckets close by the thousand while the detector catches up, and a scrape
+    comes every 15 s or so and reads only the latest values. So closing a
+    bucket only records plain data per service; choosing the exported
+    services and building their series waits for the scrape. Both run on the
+    event loop, so they share that data without a lock.
+    """
+
+    def __init__(self, max_services: int, bucket_ms: int):
+        self.max_services = max_services
+        self.bucket_ms = bucket_ms
+        self.known: dict[str, _Service] = {}
+        self.firing: set[str] = set()
+        # Start of the latest bucket seen. Volume ages by bucket time, not per
+        # bucket object: partitions close the same minute separately, and that
+        # minute should age volume once.
+        self.now_ms = 0
+        self._sweep_at = max_services
+
+    def observe(self, bucket: ClosedBucket) -> None:
+        """Keep each service's latest score and counts, add to its volume, track firing."""
+        # A partition that is behind adds its reports at full weight, as of
+        # the latest bucket.
+        now = self.now_ms = max(self.now_ms, bucket.start_ms)
+        counts = bucket.counts
+        known = self.known
+        for service, score in bucket.service_scores().items():
+            state = known.get(service)
+            if state is None:
+                state = known[service] = _Service(score, now)
+            else:
+                state.score = score
+            service_counts = state.counts = counts.get(service)
+            if service_counts is not None:
+                state.volume = self._volume(state) + service_counts[0]
+                state.volume_ms = now
+            if score.severity is None:
+                self.firing.discard(service)
+            else:
+                self.firing.add(service)
+        if len(known) >= self._sweep_at:
+            self._live_volumes()
+
+    def _volume(self, state: _Service) -> float:
+        return state.volume * VOLUME_DECAY ** ((self.now_ms - state.volume_ms) // self.bucket_ms)
+
+    def _live_volumes(self) -> dict[str, float]:
+        """Each service's current volume, after forgetting quiet services that are not firing."""
+        volumes = {}
+        for service, state in list(self.known.items()):
+            volume = self._volume(state)
+            if volume < QUIET_VOLUME and service not in self.firing:
+                del self.known[service]
+            else:
+                volumes[service] = volume
+        # Every scrape sweeps; so does `observe` once the table has doubled
+        # since (plus room for the exported services, so a small table is not
+        # swept at each new service). Memory stays bounded without scrapes, at
+        # a constant amortised cost per new service.
+        self._sweep_at = 2 * len(self.known) + self.max_services
+        return volumes
+
+    def describe(self) -> Iterator[GaugeMetricFamily]:
+        """The families without samples, so the registry knows their names."""
+        return iter(_service_families())
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        volumes = self._live_volumes()
+        exported = heapq.nlargest(self.max_services, volumes, key=volumes.get)
+        exported += sorted(self.firing.difference(exported))
+        families = _service_families()
+        reports, expected, spread, score, firing, severity, regions, problems = families
+        for service in exported:
+            state = self.known[service]
+            s = state.score
+            labels = [service]
+            reports.add_metric(labels, s.reports)
+            expected.add_metric(labels, s.expected)
+            spread.add_metric(labels, s.spread)
+            score.add_metric(labels, s.score)
+            firing.add_metric(labels, 0 if s.severity is None else 1)
+            level = 0 if s.severity is None else (2 if s.severity == CRITICAL else 1)
+            severity.add_metric(labels, level)
+            if state.counts is not None:
+                for region, n in heapq.nlargest(TOP_BREAKDOWN, state.counts[1].items(),
+                                                key=_count):
+                    regions.add_metric([service, region], n)
+                for problem, n in heapq.nlargest(TOP_BREAKDOWN, state.counts[2].items(),
+                                                 key=_count):
+                    problems.add_metric([service, problem], n)
+        return iter(families)
+
+
+def _service_families() -> list[GaugeMetricFamily]:
+    service = ["service"]
+    return [
+        GaugeMetricFamily("stream_detector_service_reports",
+                          "Reports in the service's last closed bucket.", labels=service),
+        GaugeMetricFamily("stream_detector_service_expected_reports",
+                          "The model's expected reports for that bucket.", labels=service),
+        GaugeMetricFamily("stream_detector_service_spread_reports",
+                          "About one standard deviation around the expected reports.",
+                          labels=service),
+        GaugeMetricFamily("stream_detector_service_anomaly_score",
+                          "Anomaly score of the last bucket, 0..1.", labels=service),
+        GaugeMetricFamily("stream_detector_service_incident_firing",
+                          "1 while a service-wide incident is open.", labels=service),
+        GaugeMetricFamily("stream_detector_service_incident_severity",
+                          "0 none, 1 warning, 2 critical.", labels=service),
+        GaugeMetricFamily("stream_detector_service_region_reports",
+                          "Reports in the last bucket by region (top 5).",
+                          labels=["service", "region"]),
+        GaugeMetricFamily("stream_detector_service_problem_reports",
+                          "Reports in the last bucket by problem category (top 5).",
+                          labels=["service", "problem"]),
+    ]
 
 
 def _count(item: tuple[str, int]) -> int:

@@ -1,0 +1,95 @@
+"""Per-service metrics: which services get series, read back from the exposition."""
+
+from __future__ import annotations
+
+import orjson
+from prometheus_client.parser import text_string_to_metric_families
+
+from stream_detector.core.detector import DetectorConfig, PartitionDetector
+from stream_detector.core.incidents import IncidentPolicy
+from stream_detector.io.metrics import DetectorMetrics
+
+T0 = 1_767_571_200_000  # Monday 2026-01-05 00:00 UTC
+MINUTE = 60_000
+
+
+def feed(d: PartitionDetector, metrics: DetectorMetrics, minutes: range, rates) -> None:
+    """Send `rates(minute)` = {service: reports} for each minute, closing buckets as they pass."""
+    for minute in minutes:
+        for service, n in rates(minute).items():
+            for i in range(n):
+                ts = T0 + minute * MINUTE + i * MINUTE // n
+                d.add(orjson.dumps({"service": service, "ts": ts, "region": "US",
+                                    "problem": "login"}))
+        metrics.observe_buckets(d.advance())
+
+
+def scrape(metrics: DetectorMetrics) -> dict[str, dict[tuple[str, ...], float]]:
+    """Each family's samples by label values: the service, then its region or problem."""
+    text = metrics.exposition().decode()
+    return {f.name: {_values(s.labels): s.value for s in f.samples}
+            for f in text_string_to_metric_families(text)}
+
+
+def _values(labels: dict[str, str]) -> tuple[str, ...]:
+    # The exposition sorts label names; "service" comes first in the metrics' own order.
+    return tuple(v for _, v in sorted(labels.items(), key=lambda item: item[0] != "service"))
+
+
+def services(samples: dict[str, dict[tuple[str, ...], float]]) -> set[str]:
+    return {service for service, in samples["stream_detector_service_reports"]}
+
+
+def test_top_services_and_the_firing_one_get_series_until_it_resolves():
+    d = PartitionDetector(DetectorConfig(model="ewma", lateness_ms=5_000,
+                                         policy=IncidentPolicy(calm_buckets=3)))
+    metrics = DetectorMetrics(max_services=2)
+    steady = {"a": 100, "b": 80, "c": 60, "x": 2}
+    feed(d, metrics, range(100), lambda m: steady)
+    assert services(scrape(metrics)) == {"a", "b"}
+
+    # A small service's outage: it fires, and gets its series while it does.
+    feed(d, metrics, range(100, 104), lambda m: {**steady, "x": 60})
+    samples = scrape(metrics)
+    assert services(samples) == {"a", "b", "x"}
+    assert samples["stream_detector_incidents_open"][()] == 1
+    assert samples["stream_detector_service_incident_firing"][("x",)] == 1
+    assert samples["stream_detector_service_incident_severity"][("x",)] == 2
+    assert samples["stream_detector_service_reports"][("x",)] == 60
+    assert samples["stream_detector_service_region_reports"][("x", "US")] == 60
+    assert samples["stream_detector_service_problem_reports"][("x", "login")] == 60
+    assert {s for s, _ in samples["stream_detector_service_region_reports"]} == {"a", "b", "x"}
+
+    # Resolved, it is no longer counted, nor exported: it is not in the top two.
+    feed(d, metrics, range(104, 130), lambda m: steady)
+    samples = scrape(metrics)
+    assert samples["stream_detector_incidents_open"][()] == 0
+    assert services(samples) == {"a", "b"}
+    assert {s for s, _ in samples["stream_detector_service_problem_reports"]} == {"a", "b"}
+
+
+def test_quiet_services_drop_out_and_are_forgotten():
+    d = PartitionDetector(DetectorConfig(model="ewma", lateness_ms=5_000))
+    metrics = DetectorMetrics(max_services=2)
+    feed(d, metrics, range(60), lambda m: {"a": 100, "b": 80, "c": 60})
+    assert services(scrape(metrics)) == {"a", "b"}
+
+    # "a" goes quiet: "c" takes its place as soon as it is busier...
+    feed(d, metrics, range(60, 70), lambda m: {"b": 80, "c": 60})
+    assert services(scrape(metrics)) == {"b", "c"}
+    assert "a" in metrics.services.known
+    # ...and "a" is forgotten once its volume has decayed away.
+    feed(d, metrics, range(70, 200), lambda m: {"b": 80, "c": 60})
+    assert services(scrape(metrics)) == {"b", "c"}
+    assert set(metrics.services.known) == {"b", "c"}
+
+
+def test_memory_stays_bounded_without_scrapes():
+    d = PartitionDetector(DetectorConfig(model="ewma", lateness_ms=5_000))
+    metrics = DetectorMetrics(max_services=10)
+    # 20 new services a minute, each reporting once: about 45 minutes' worth
+    # (900) are above the quiet threshold at any time.
+    feed(d, metrics, range(300), lambda m: {f"s{m}-{i}": 1 for i in range(20)})
+    assert len(metrics.services.known) <= 2 * 900 + 10
+    assert len(services(scrape(metrics))) == 10
+    assert len(metrics.services.known) <= 900
