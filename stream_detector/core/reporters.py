@@ -22,17 +22,22 @@ class ReporterFilter:
     __slots__ = ("hours",)
 
     def __init__(self) -> None:
-        self.hours: dict[int, set[tuple[str, str]]] = {}
+        # hour -> service -> reporters: a set per service rather than one set of
+        # (service, reporter) pairs, so checking a report builds no tuple.
+        self.hours: dict[int, dict[str, set[str]]] = {}
 
     def first_in_hour(self, service: str, reporter: str, ts_ms: int) -> bool:
         hour = ts_ms // HOUR_MS
-        seen = self.hours.get(hour)
+        services = self.hours.get(hour)
+        if services is None:
+            services = self.hours[hour] = {}
+        seen = services.get(service)
         if seen is None:
-            seen = self.hours[hour] = set()
-        key = (service, reporter)
-        if key in seen:
+            services[service] = {reporter}
+            return True
+        if reporter in seen:
             return False
-        seen.add(key)
+        seen.add(reporter)
         return True
 
     def forget_before(self, ts_ms: int) -> None:
@@ -42,4 +47,4 @@ class ReporterFilter:
             del self.hours[hour]
 
     def __len__(self) -> int:
-        return sum(len(s) for s in self.hours.values())
+        return sum(len(seen) for services in self.hours.values() for seen in services.values())
