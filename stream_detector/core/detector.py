@@ -127,8 +127,7 @@ class PartitionDetector:
         if wall_ms is not None:
             newest_ms = min(newest_ms, wall_ms + self.config.max_future_ms)
         clock = self.clock
-        # A bucket is late by event time once the event clock passed its end by the lateness.
-        late_after_ms = width + clock.lateness_ms
+        lateness_ms = clock.lateness_ms
         # -1 and 0 stand for "no report yet" and "nothing closed yet": every
         # timestamp is later than both, so no bucket is late against them.
         max_event_ms = -1 if clock.max_event_ms is None else clock.max_event_ms
@@ -139,10 +138,11 @@ class PartitionDetector:
         open_bucket = self.counter.bucket
         services_in_hour = self.reporters.services_in_hour
         loads = orjson.loads
-        # The bucket and the reporter hour of the previous report: consecutive
-        # reports almost always share both. `bucket` is None until a report
-        # counts in it, so no empty bucket is ever opened.
-        bucket_start = bucket_end = hour = -1
+        # The bucket and the reporter hour of the previous report, as ranges of
+        # event time: consecutive reports almost always share both, and
+        # comparing timestamps is much cheaper than dividing them. `bucket` is
+        # None until a report counts in it, so no empty bucket is ever opened.
+        bucket_start = bucket_end = bucket_late_ms = hour_start = hour_end = -1
         bucket: BucketCounts | None = None
         seen_in_hour: dict[str, set[str]] = {}
         late = duplicate = 0
@@ -182,17 +182,20 @@ class PartitionDetector:
                 if not bucket_start <= ts_ms < bucket_end:
                     bucket_start = ts_ms - ts_ms % width
                     bucket_end = bucket_start + width
+                    # The bucket is late by event time once the clock reaches this.
+                    bucket_late_ms = bucket_end + lateness_ms
                     bucket = open_buckets.get(bucket_start)
                 # Late by event time alone (deterministic for a given message order), or
                 # late because the wall clock already closed its bucket while the
                 # partition was quiet.
-                if bucket_start + late_after_ms <= max_event_ms or bucket_start < next_close_ms:
+                if max_event_ms >= bucket_late_ms or bucket_start < next_close_ms:
                     late += 1
                     continue
                 if reporter is not None:
-                    report_hour = ts_ms // HOUR_MS
-                    if report_hour != hour:
-                        hour = report_hour
+                    if not hour_start <= ts_ms < hour_end:
+                        hour = ts_ms // HOUR_MS
+                        hour_start = hour * HOUR_MS
+                        hour_end = hour_start + HOUR_MS
                         seen_in_hour = services_in_hour(hour)
                     seen = seen_in_hour.get(service)
                     if seen is None:
