@@ -1,4 +1,8 @@
-"""Counting reports into event-time buckets per service, with region and problem breakdowns."""
+"""Event-time buckets of report counts per service, with region and problem breakdowns.
+
+The detector increments the counts inline on its hot path; this class holds
+the open buckets and opens and hands them out.
+"""
 
 from __future__ import annotations
 
@@ -14,8 +18,9 @@ class BucketCounter:
     """Open buckets of one partition, keyed by start time in epoch milliseconds.
 
     >>> c = BucketCounter(width_ms=60_000)
-    >>> c.add("x", 61_000, "US", "login")
-    >>> c.add("x", 62_000, None, "login")
+    >>> c.bucket(60_000)["x"] = [2, {"US": 1}, {"login": 2}]
+    >>> c.bucket(60_000) is c.bucket(60_000)
+    True
     >>> [(start, counts["x"][0]) for start, counts in c.pop_until(120_000)]
     [(60000, 2)]
     """
@@ -26,21 +31,12 @@ class BucketCounter:
         self.width_ms = width_ms
         self.open: dict[int, BucketCounts] = {}
 
-    def add(self, service: str, ts_ms: int, region: str | None, problem: str | None) -> None:
-        start = ts_ms - ts_ms % self.width_ms
-        bucket = self.open.get(start)
+    def bucket(self, start_ms: int) -> BucketCounts:
+        """The open bucket starting at `start_ms`, created empty on first use."""
+        bucket = self.open.get(start_ms)
         if bucket is None:
-            bucket = self.open[start] = {}
-        counts = bucket.get(service)
-        if counts is None:
-            counts = bucket[service] = [0, {}, {}]
-        counts[0] += 1
-        if region is not None:
-            regions = counts[1]
-            regions[region] = regions.get(region, 0) + 1
-        if problem is not None:
-            problems = counts[2]
-            problems[problem] = problems.get(problem, 0) + 1
+            bucket = self.open[start_ms] = {}
+        return bucket
 
     def pop_until(self, end_ms: int) -> Iterator[tuple[int, BucketCounts]]:
         """Remove and yield, oldest first, every open bucket that ends at or before `end_ms`."""

@@ -8,17 +8,27 @@ asyncio or HTTP; `backtest` and the Kafka shell drive the same object.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
 import numpy as np
+import orjson
 
 from stream_detector.core.buckets import BucketCounter, BucketCounts
-from stream_detector.core.events import BAD_TIMESTAMP, InvalidReport, decode_report
+from stream_detector.core.events import (
+    BAD_TIMESTAMP,
+    MAX_FIELD_CHARS,
+    MAX_MESSAGE_BYTES,
+    MAX_TS_MS,
+    MIN_TS_MS,
+    InvalidReport,
+    decode_report,
+)
 from stream_detector.core.incidents import IncidentPolicy, IncidentTracker, SeriesKey
 from stream_detector.core.models import DEFAULT_MODEL, ModelBank, Scored, model_bank
 from stream_detector.core.models.bank import BankScores
-from stream_detector.core.reporters import ReporterFilter
+from stream_detector.core.reporters import HOUR_MS, ReporterFilter
 from stream_detector.core.watermark import EventClock
 
 ACCEPTED = "accepted"
@@ -169,25 +179,139 @@ class PartitionDetector:
 
     def add(self, raw: bytes, wall_ms: int | None = None) -> str:
         """Count one message value; raises `InvalidReport` for anything that is not a report."""
-        service, ts_ms, region, problem, reporter = decode_report(raw)
-        if wall_ms is not None and ts_ms > wall_ms + self.config.max_future_ms:
-            raise InvalidReport(BAD_TIMESTAMP, f"'ts' {ts_ms} is in the future")
+        late, duplicate, invalid = self._count((raw,), wall_ms)
+        if invalid:
+            raise invalid[0][1]
+        return LATE if late else DUPLICATE if duplicate else ACCEPTED
+
+    def add_many(
+        self, values: Sequence[bytes], wall_ms: int | None = None
+    ) -> tuple[dict[str, int], list[tuple[int, InvalidReport]]]:
+        """Count message values in order, exactly as calling `add` on each would.
+
+        Returns the number of values per outcome and, for every value that is
+        not a report, its index in `values` with the `InvalidReport` saying why.
+        """
+        late, duplicate, invalid = self._count(values, wall_ms)
+        accepted = len(values) - late - duplicate - len(invalid)
+        counts = {ACCEPTED: accepted, INVALID: len(invalid), LATE: late, DUPLICATE: duplicate}
+        return counts, invalid
+
+    def _count(
+        self, values: Sequence[bytes], wall_ms: int | None
+    ) -> tuple[int, int, list[tuple[int, InvalidReport]]]:
+        """Count reports; returns how many were late and duplicate, and the invalid ones.
+
+        This loop is the per-report hot path, so it binds everything it needs
+        to locals once, checks the common shape of a report inline (falling
+        back to `decode_report` only to name what is wrong or to convert an
+        ISO timestamp), and inlines the fast paths of the reporter filter,
+        the bucket counter and the event clock.
+        """
         width = self.config.bucket_ms
-        start = ts_ms - ts_ms % width
+        # Newest acceptable timestamp: the valid range and the future limit in one bound.
+        newest_ms = MAX_TS_MS - 1
+        if wall_ms is not None:
+            newest_ms = min(newest_ms, wall_ms + self.config.max_future_ms)
         clock = self.clock
-        # Late by event time alone (deterministic for a given message order), or
-        # late because the wall clock already closed its bucket while the
-        # partition was quiet.
-        max_event_ms = clock.max_event_ms
-        if max_event_ms is not None and start + width <= max_event_ms - clock.lateness_ms:
-            return LATE
-        if self.next_close_ms is not None and start < self.next_close_ms:
-            return LATE
-        if reporter is not None and not self.reporters.first_in_hour(service, reporter, ts_ms):
-            return DUPLICATE
-        self.counter.add(service, ts_ms, region, problem)
-        clock.observe(ts_ms, wall_ms if wall_ms is not None else 0)
-        return ACCEPTED
+        lateness_ms = clock.lateness_ms
+        # -1 and 0 stand for "no report yet" and "nothing closed yet": every
+        # timestamp is later than both, so no bucket is late against them.
+        max_event_ms = -1 if clock.max_event_ms is None else clock.max_event_ms
+        wall_at_max_ms = clock.wall_at_max_ms
+        observed_wall_ms = wall_ms if wall_ms is not None else 0
+        next_close_ms = self.next_close_ms or 0
+        open_buckets = self.counter.open
+        open_bucket = self.counter.bucket
+        services_in_hour = self.reporters.services_in_hour
+        loads = orjson.loads
+        # The bucket and the reporter hour of the previous report, as ranges of
+        # event time: consecutive reports almost always share both, and
+        # comparing timestamps is much cheaper than dividing them. `bucket` is
+        # None until a report counts in it, so no empty bucket is ever opened.
+        bucket_start = bucket_end = bucket_late_ms = hour_start = hour_end = -1
+        bucket: BucketCounts | None = None
+        seen_in_hour: dict[str, set[str]] = {}
+        late = duplicate = 0
+        invalid: list[tuple[int, InvalidReport]] = []
+        try:
+            for index, raw in enumerate(values):
+                size = len(raw)
+                try:
+                    doc = loads(raw) if size <= MAX_MESSAGE_BYTES else None
+                except orjson.JSONDecodeError:
+                    doc = None
+                if type(doc) is dict:
+                    service = doc.get("service")
+                    ts_ms = doc.get("ts")
+                    region = doc.get("region")
+                    problem = doc.get("problem")
+                    reporter = doc.get("reporter")
+                else:
+                    service = None  # fails the check below, so decode_report names the problem
+                # The common shape of a report, checked inline. A message of at
+                # most MAX_FIELD_CHARS bytes cannot hold a longer string.
+                if not (
+                    type(service) is str and service
+                    and type(ts_ms) is int and MIN_TS_MS <= ts_ms <= newest_ms
+                    and (region is None or type(region) is str and region)
+                    and (problem is None or type(problem) is str and problem)
+                    and (reporter is None or type(reporter) is str and reporter)
+                    and (size <= MAX_FIELD_CHARS or _fields_fit(service, region, problem, reporter))
+                ):
+                    try:
+                        service, ts_ms, region, problem, reporter = decode_report(raw)
+                        if ts_ms > newest_ms:
+                            raise InvalidReport(BAD_TIMESTAMP, f"'ts' {ts_ms} is in the future")
+                    except InvalidReport as exc:
+                        invalid.append((index, exc))
+                        continue
+                if not bucket_start <= ts_ms < bucket_end:
+                    bucket_start = ts_ms - ts_ms % width
+                    bucket_end = bucket_start + width
+                    # The bucket is late by event time once the clock reaches this.
+                    bucket_late_ms = bucket_end + lateness_ms
+                    bucket = open_buckets.get(bucket_start)
+                # Late by event time alone (deterministic for a given message order), or
+                # late because the wall clock already closed its bucket while the
+                # partition was quiet.
+                if max_event_ms >= bucket_late_ms or bucket_start < next_close_ms:
+                    late += 1
+                    continue
+                if reporter is not None:
+                    if not hour_start <= ts_ms < hour_end:
+                        hour = ts_ms // HOUR_MS
+                        hour_start = hour * HOUR_MS
+                        hour_end = hour_start + HOUR_MS
+                        seen_in_hour = services_in_hour(hour)
+                    seen = seen_in_hour.get(service)
+                    if seen is None:
+                        seen_in_hour[service] = {reporter}
+                    elif reporter in seen:
+                        duplicate += 1
+                        continue
+                    else:
+                        seen.add(reporter)
+                if bucket is None:
+                    bucket = open_bucket(bucket_start)
+                counts = bucket.get(service)
+                if counts is None:
+                    counts = bucket[service] = [0, {}, {}]
+                counts[0] += 1
+                if region is not None:
+                    regions = counts[1]
+                    regions[region] = regions.get(region, 0) + 1
+                if problem is not None:
+                    problems = counts[2]
+                    problems[problem] = problems.get(problem, 0) + 1
+                if ts_ms > max_event_ms:
+                    max_event_ms = ts_ms
+                    wall_at_max_ms = observed_wall_ms
+        finally:
+            if max_event_ms >= 0:
+                clock.max_event_ms = max_event_ms
+                clock.wall_at_max_ms = wall_at_max_ms
+        return late, duplicate, invalid
 
     def advance(self, wall_ms: int | None = None) -> list[ClosedBucket]:
         """Close every bucket the watermark has passed, oldest first, and score it."""
@@ -354,3 +478,7 @@ class PartitionDetector:
             max(regions[region] - float(expected[j]), 0.0) for region, j in anomalous.items()
         )
         return set(anomalous) if regional_excess >= policy.regional_share * excess else set()
+
+
+def _fields_fit(*fields: str | None) -> bool:
+    return all(field is None or len(field) <= MAX_FIELD_CHARS for field in fields)

@@ -12,28 +12,37 @@ HOUR_MS = 3_600_000
 class ReporterFilter:
     """Remembers who reported what in each recent hour.
 
+    The detector applies the rule inline on its hot path: a report with a
+    reporter counts only if the reporter is not yet in its service's set for
+    the report's hour, and then joins it.
+
     >>> f = ReporterFilter()
-    >>> f.first_in_hour("x", "a81f", 1_000), f.first_in_hour("x", "a81f", 2_000)
-    (True, False)
-    >>> f.first_in_hour("x", "a81f", HOUR_MS + 1), f.first_in_hour("y", "a81f", 2_000)
-    (True, True)
+    >>> f.services_in_hour(1_000 // HOUR_MS)["x"] = {"a81f"}
+    >>> "a81f" in f.services_in_hour(2_000 // HOUR_MS)["x"]
+    True
+    >>> f.services_in_hour((HOUR_MS + 1) // HOUR_MS)
+    {}
+    >>> f.forget_before(HOUR_MS); sorted(f.hours)
+    [1]
     """
 
     __slots__ = ("hours",)
 
     def __init__(self) -> None:
-        self.hours: dict[int, set[tuple[str, str]]] = {}
+        # hour -> service -> reporters: a set per service rather than one set of
+        # (service, reporter) pairs, so checking a report builds no tuple.
+        self.hours: dict[int, dict[str, set[str]]] = {}
 
-    def first_in_hour(self, service: str, reporter: str, ts_ms: int) -> bool:
-        hour = ts_ms // HOUR_MS
-        seen = self.hours.get(hour)
-        if seen is None:
-            seen = self.hours[hour] = set()
-        key = (service, reporter)
-        if key in seen:
-            return False
-        seen.add(key)
-        return True
+    def services_in_hour(self, hour: int) -> dict[str, set[str]]:
+        """The reporters already counted per service in `hour` (`ts_ms // HOUR_MS`).
+
+        The caller adds a reporter to its service's set when it counts its
+        report, and counts none of its later reports that hour.
+        """
+        services = self.hours.get(hour)
+        if services is None:
+            services = self.hours[hour] = {}
+        return services
 
     def forget_before(self, ts_ms: int) -> None:
         """Drop hours that end before `ts_ms`; no report can land in them any more."""
@@ -42,4 +51,4 @@ class ReporterFilter:
             del self.hours[hour]
 
     def __len__(self) -> int:
-        return sum(len(s) for s in self.hours.values())
+        return sum(len(seen) for services in self.hours.values() for seen in services.values())

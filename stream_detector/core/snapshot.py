@@ -38,7 +38,12 @@ def encode(detector: PartitionDetector, model_name: str) -> bytes:
         "clock": [d.clock.max_event_ms, d.clock.wall_at_max_ms],
         "next_close_ms": d.next_close_ms,
         "open": [[start, counts] for start, counts in d.counter.open.items()],
-        "reporters": [[hour, sorted(keys)] for hour, keys in d.reporters.hours.items()],
+        # Sorted (service, reporter) pairs per hour: the same state always encodes the same.
+        "reporters": [
+            [hour, sorted([service, reporter] for service, seen in services.items()
+                          for reporter in seen)]
+            for hour, services in d.reporters.hours.items()
+        ],
         "series": [[service, row, regions] for service, (row, regions) in d.series.items()],
         "models": d.bank.state(),
         "incidents": [
@@ -79,7 +84,10 @@ def decode(data: bytes, config: DetectorConfig, wall_ms: int) -> PartitionDetect
     d.clock.wall_at_max_ms = wall_ms
     d.next_close_ms = doc["next_close_ms"]
     d.counter.open = {start: counts for start, counts in doc["open"]}
-    d.reporters.hours = {hour: {tuple(k) for k in keys} for hour, keys in doc["reporters"]}
+    for hour, pairs in doc["reporters"]:
+        services = d.reporters.hours[hour] = {}
+        for service, reporter in pairs:
+            services.setdefault(service, set()).add(reporter)
     d.series = {service: (row, regions) for service, row, regions in doc["series"]}
     try:
         d.bank.load_state(doc["models"])

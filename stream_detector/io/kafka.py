@@ -32,12 +32,7 @@ from aiokafka.errors import KafkaConnectionError, KafkaError
 
 from stream_detector.config import Settings
 from stream_detector.core import snapshot
-from stream_detector.core.detector import (
-    INVALID,
-    OUTCOMES,
-    ClosedBucket,
-    PartitionDetector,
-)
+from stream_detector.core.detector import OUTCOMES, ClosedBucket, PartitionDetector
 from stream_detector.core.events import InvalidReport
 from stream_detector.io.metrics import DetectorMetrics
 from stream_detector.io.state import KafkaSnapshotStore, LocalSnapshotStore
@@ -217,13 +212,11 @@ class DetectorService:
             detector = self.detectors.get(tp.partition)
             if detector is None:
                 detector = self.detectors[tp.partition] = PartitionDetector(self.detector_config)
-            add = detector.add
-            for msg in messages:
-                try:
-                    counts[add(msg.value, now)] += 1
-                except InvalidReport as exc:
-                    counts[INVALID] += 1
-                    await self._dead_letter(msg, exc)
+            outcomes, invalid = detector.add_many([msg.value for msg in messages], now)
+            for outcome, n in outcomes.items():
+                counts[outcome] += n
+            for index, exc in invalid:
+                await self._dead_letter(messages[index], exc)
             if messages:
                 self.next_offsets[tp] = messages[-1].offset + 1
                 self.messages_seen += len(messages)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import random
+from collections import Counter
+from datetime import UTC, datetime
 
 import orjson
 from hypothesis import given, settings
@@ -11,10 +13,12 @@ from hypothesis import strategies as st
 from stream_detector.core.detector import (
     ACCEPTED,
     DUPLICATE,
+    INVALID,
     LATE,
     DetectorConfig,
     PartitionDetector,
 )
+from stream_detector.core.events import InvalidReport
 from stream_detector.core.incidents import IncidentPolicy
 
 T0 = 1_767_571_200_000  # Monday 2026-01-05 00:00 UTC
@@ -73,6 +77,65 @@ def test_reporter_counts_once_per_service_per_hour():
     assert d.add(report(ts=T0 + 4)) == ACCEPTED  # no reporter: always counts
     assert d.add(report(ts=T0 + 5)) == ACCEPTED
     assert d.add(report(ts=T0 + 3_600_000, reporter="a")) == ACCEPTED  # next hour
+
+
+# Around an hour boundary, so reporters repeat within and across hours; out
+# of order, so reports are late by event time or by a wall-clock close.
+VALID = st.builds(
+    report,
+    service=st.sampled_from(["x", "y"]),
+    ts=st.integers(T0 + 55 * MINUTE, T0 + 65 * MINUTE),
+    region=st.sampled_from([None, "US", "GB", ""]),
+    problem=st.sampled_from([None, "login", ""]),
+    reporter=st.sampled_from([None, "a", "b", ""]),
+)
+INVALID_MESSAGES = st.sampled_from([
+    b'{"service": "x", "ts": 17',
+    b"[1, 2]",
+    report(service=""),
+    report(ts=True),
+    report(ts="2026-01-05T01:00:00"),
+    report(region=7),
+    report(ts=T0 + 3 * 3_600_000),  # more than an hour ahead of every wall clock used
+    report(reporter="r" * 300),
+    report(ts=T0 + 56 * MINUTE, problem="p" * 20_000),
+])
+MIXED = st.one_of(
+    VALID,
+    VALID,
+    st.builds(lambda ts: report(ts=ts.isoformat()), st.datetimes(
+        min_value=datetime(2026, 1, 5, 0, 55), max_value=datetime(2026, 1, 5, 1, 5),
+        timezones=st.just(UTC))),
+    # Longer than any field may be, so the field lengths are checked one by one.
+    st.builds(lambda raw: raw[:-1] + b', "pad": "' + b"z" * 300 + b'"}', VALID),
+    INVALID_MESSAGES,
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.lists(MIXED, max_size=30), max_size=5), st.booleans())
+def test_add_many_is_add_one_by_one(batches, with_wall_clock):
+    one, many = detector(), detector()
+    for n, batch in enumerate(batches):
+        # Quiet stretches of wall time close buckets before event time does.
+        wall_ms = T0 + (50 + 5 * n) * MINUTE if with_wall_clock else None
+        outcomes: Counter[str] = Counter()
+        rejected = []
+        for index, raw in enumerate(batch):
+            try:
+                outcomes[one.add(raw, wall_ms)] += 1
+            except InvalidReport as exc:
+                outcomes[INVALID] += 1
+                rejected.append((index, exc.reason, exc.detail))
+        counts, invalid = many.add_many(batch, wall_ms)
+        assert counts == {o: outcomes[o] for o in (ACCEPTED, INVALID, LATE, DUPLICATE)}
+        assert [(index, exc.reason, exc.detail) for index, exc in invalid] == rejected
+        assert many.counter.open == one.counter.open
+        assert many.reporters.hours == one.reporters.hours
+        assert (many.clock.max_event_ms, many.clock.wall_at_max_ms) == (
+            one.clock.max_event_ms, one.clock.wall_at_max_ms)
+        assert [(b.start_ms, b.counts) for b in many.advance(wall_ms)] == [
+            (b.start_ms, b.counts) for b in one.advance(wall_ms)]
 
 
 def test_region_and_problem_breakdowns_are_counted():
