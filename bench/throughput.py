@@ -23,6 +23,7 @@ import orjson
 from aiokafka import AIOKafkaConsumer
 from kafka_bench import consume_all, fill_topic
 
+from stream_detector.app import tune_gc
 from stream_detector.config import load_settings
 from stream_detector.embedded import EmbeddedBroker
 from stream_detector.io.kafka import DetectorService
@@ -94,6 +95,7 @@ async def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--hours", type=float, default=6.0, help="event-time span of the reports")
     args = parser.parse_args()
+    tune_gc()  # as `stream-detector run` does; the bare loop runs under it too
     with EmbeddedBroker() as broker:
         await fill(broker.bootstrap_servers, args.reports, args.services, args.partitions,
                    args.hours)

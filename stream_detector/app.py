@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import signal
 from collections.abc import Callable
@@ -20,6 +21,25 @@ def configure_logging(settings: Settings) -> None:
     from stream_detector.logs import configure_logging as configure
 
     configure(settings.log_format, settings.log_level)
+
+
+# Allocations between collections of the youngest generation (CPython: 700).
+GC_YOUNG_THRESHOLD = 50_000
+
+
+def tune_gc() -> None:
+    """Run the cyclic garbage collector less often, for a process that consumes reports.
+
+    Counting allocates a dict or list per service and bucket and keeps them
+    until the bucket closes, so at CPython's default threshold the
+    collector ran every few hundred reports over objects that were all
+    still alive. At 50,000 it costs a fifth less per counted report (about
+    0.5 of 2.5 us, bench/throughput.py's reports), and a young collection
+    still walks only tens of thousands of objects. The older generations'
+    thresholds are left as they are.
+    """
+    _, middle, oldest = gc.get_threshold()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, middle, oldest)
 
 
 async def serve(

@@ -92,9 +92,10 @@ RUN_FLAGS = (
 
 def cmd_run(args: argparse.Namespace) -> int:
     settings = _settings_from(args, RUN_FLAGS)
-    from stream_detector.app import configure_logging, serve
+    from stream_detector.app import configure_logging, serve, tune_gc
 
     configure_logging(settings)
+    tune_gc()
     asyncio.run(serve(settings, install_signal_handlers=True))
     return 0
 
