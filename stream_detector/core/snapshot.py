@@ -122,7 +122,7 @@ def decode(data: bytes, config: DetectorConfig, wall_ms: int) -> PartitionDetect
     for hour, pairs in doc["reporters"]:
         services = d.reporters.hours[hour] = {}
         for service, reporter in pairs:
-            services.setdefault(service, set()).add(reporter)
+            services.setdefault(service, {})[reporter] = None
     width_s = config.bucket_ms / 1000
     for service, region, last_ms, state in doc["series"]:
         key = (service, region)
