@@ -231,7 +231,7 @@ class PartitionDetector:
         # None until a report counts in it, so no empty bucket is ever opened.
         bucket_start = bucket_end = bucket_late_ms = hour_start = hour_end = -1
         bucket: BucketCounts | None = None
-        seen_in_hour: dict[str, set[str]] = {}
+        seen_in_hour: dict[str, dict[str, None]] = {}
         late = duplicate = 0
         invalid: list[tuple[int, InvalidReport]] = []
         try:
@@ -286,12 +286,12 @@ class PartitionDetector:
                         seen_in_hour = services_in_hour(hour)
                     seen = seen_in_hour.get(service)
                     if seen is None:
-                        seen_in_hour[service] = {reporter}
+                        seen_in_hour[service] = {reporter: None}
                     elif reporter in seen:
                         duplicate += 1
                         continue
                     else:
-                        seen.add(reporter)
+                        seen[reporter] = None
                 if bucket is None:
                     bucket = open_bucket(bucket_start)
                 counts = bucket.get(service)

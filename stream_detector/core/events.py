@@ -1,7 +1,10 @@
 """Decoding report messages: bytes in, a validated report or a reason out.
 
-This is the first step of the hot path, so it does one `orjson.loads`, a few
-type checks, and builds no object beyond the tuple it returns.
+`decode_report` is the definition of a valid report. The detector's batch
+loop (`PartitionDetector._count`) checks the common shape of a report inline
+and calls it only for the rest, to name what is wrong or to convert an ISO
+timestamp, so a change to what is valid here must be made there too
+(tests/unit/test_detector.py checks that the two agree).
 """
 
 from __future__ import annotations

@@ -13,11 +13,11 @@ class ReporterFilter:
     """Remembers who reported what in each recent hour.
 
     The detector applies the rule inline on its hot path: a report with a
-    reporter counts only if the reporter is not yet in its service's set for
-    the report's hour, and then joins it.
+    reporter counts only if the reporter is not yet among its service's
+    reporters of the report's hour, and then joins them.
 
     >>> f = ReporterFilter()
-    >>> f.services_in_hour(1_000 // HOUR_MS)["x"] = {"a81f"}
+    >>> f.services_in_hour(1_000 // HOUR_MS)["x"] = {"a81f": None}
     >>> "a81f" in f.services_in_hour(2_000 // HOUR_MS)["x"]
     True
     >>> f.services_in_hour((HOUR_MS + 1) // HOUR_MS)
@@ -29,15 +29,19 @@ class ReporterFilter:
     __slots__ = ("hours",)
 
     def __init__(self) -> None:
-        # hour -> service -> reporters: a set per service rather than one set of
-        # (service, reporter) pairs, so checking a report builds no tuple.
-        self.hours: dict[int, dict[str, set[str]]] = {}
+        # hour -> service -> reporters (dict keys; the values are None). Per
+        # service rather than one collection of (service, reporter) pairs, so
+        # checking a report builds no tuple. A dict rather than a set because
+        # the garbage collector stops tracking a dict that holds only strings,
+        # while every full collection would walk each of the reporters of the
+        # last hours in sets (40% of its time on the throughput benchmark).
+        self.hours: dict[int, dict[str, dict[str, None]]] = {}
 
-    def services_in_hour(self, hour: int) -> dict[str, set[str]]:
+    def services_in_hour(self, hour: int) -> dict[str, dict[str, None]]:
         """The reporters already counted per service in `hour` (`ts_ms // HOUR_MS`).
 
-        The caller adds a reporter to its service's set when it counts its
-        report, and counts none of its later reports that hour.
+        The caller adds a reporter to its service's reporters when it counts
+        its report, and counts none of its later reports that hour.
         """
         services = self.hours.get(hour)
         if services is None:

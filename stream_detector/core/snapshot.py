@@ -87,7 +87,7 @@ def decode(data: bytes, config: DetectorConfig, wall_ms: int) -> PartitionDetect
     for hour, pairs in doc["reporters"]:
         services = d.reporters.hours[hour] = {}
         for service, reporter in pairs:
-            services.setdefault(service, set()).add(reporter)
+            services.setdefault(service, {})[reporter] = None
     d.series = {service: (row, regions) for service, row, regions in doc["series"]}
     try:
         d.bank.load_state(doc["models"])

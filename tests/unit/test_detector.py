@@ -7,6 +7,7 @@ from collections import Counter
 from datetime import UTC, datetime
 
 import orjson
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -18,7 +19,7 @@ from stream_detector.core.detector import (
     DetectorConfig,
     PartitionDetector,
 )
-from stream_detector.core.events import InvalidReport
+from stream_detector.core.events import InvalidReport, decode_report
 from stream_detector.core.incidents import IncidentPolicy
 
 T0 = 1_767_571_200_000  # Monday 2026-01-05 00:00 UTC
@@ -136,6 +137,27 @@ def test_add_many_is_add_one_by_one(batches, with_wall_clock):
             one.clock.max_event_ms, one.clock.wall_at_max_ms)
         assert [(b.start_ms, b.counts) for b in many.advance(wall_ms)] == [
             (b.start_ms, b.counts) for b in one.advance(wall_ms)]
+
+
+@settings(max_examples=300, deadline=None)
+@given(MIXED)
+def test_add_counts_exactly_what_decode_report_reads(raw):
+    """The detector checks the common shape of a report inline; it must agree
+    with decode_report, which defines what a report is."""
+    d = detector()
+    try:
+        service, ts, region, problem, reporter = decode_report(raw)
+    except InvalidReport as exc:
+        with pytest.raises(InvalidReport) as info:
+            d.add(raw)
+        assert (info.value.reason, info.value.detail) == (exc.reason, exc.detail)
+        return
+    assert d.add(raw) == ACCEPTED
+    regions = {region: 1} if region else {}
+    problems = {problem: 1} if problem else {}
+    assert d.counter.open == {ts - ts % MINUTE: {service: [1, regions, problems]}}
+    reporters = {ts // 3_600_000: {service: {reporter: None}}} if reporter else {}
+    assert d.reporters.hours == reporters
 
 
 def test_region_and_problem_breakdowns_are_counted():
