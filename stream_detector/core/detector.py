@@ -211,8 +211,8 @@ class PartitionDetector:
         width = self.config.bucket_ms
         # Newest acceptable timestamp: the valid range and the future limit in one bound.
         newest_ms = MAX_TS_MS - 1
-        if wall_ms is not None:
-            newest_ms = min(newest_ms, wall_ms + self.config.max_future_ms)
+        if wall_ms is not None and wall_ms + self.config.max_future_ms < newest_ms:
+            newest_ms = wall_ms + self.config.max_future_ms
         clock = self.clock
         lateness_ms = clock.lateness_ms
         # -1 and 0 stand for "no report yet" and "nothing closed yet": every
@@ -221,9 +221,9 @@ class PartitionDetector:
         wall_at_max_ms = clock.wall_at_max_ms
         observed_wall_ms = wall_ms if wall_ms is not None else 0
         next_close_ms = self.next_close_ms or 0
-        open_buckets = self.counter.open
-        open_bucket = self.counter.bucket
-        services_in_hour = self.reporters.services_in_hour
+        counter = self.counter
+        open_buckets = counter.open
+        reporters = self.reporters
         loads = orjson.loads
         # The bucket and the reporter hour of the previous report, as ranges of
         # event time: consecutive reports almost always share both, and
@@ -283,7 +283,7 @@ class PartitionDetector:
                         hour = ts_ms // HOUR_MS
                         hour_start = hour * HOUR_MS
                         hour_end = hour_start + HOUR_MS
-                        seen_in_hour = services_in_hour(hour)
+                        seen_in_hour = reporters.services_in_hour(hour)
                     seen = seen_in_hour.get(service)
                     if seen is None:
                         seen_in_hour[service] = {reporter: None}
@@ -293,7 +293,7 @@ class PartitionDetector:
                     else:
                         seen[reporter] = None
                 if bucket is None:
-                    bucket = open_bucket(bucket_start)
+                    bucket = counter.bucket(bucket_start)
                 counts = bucket.get(service)
                 if counts is None:
                     counts = bucket[service] = [0, {}, {}]
