@@ -63,9 +63,9 @@ import base64
 import math
 
 import numpy as np
-from scipy.special import ndtr
 
 from stream_detector.core.models.bank import BankScores, SingleSeries
+from stream_detector.core.models.count_tail import normal_cdf, poisson_lower_z, poisson_upper_z
 
 _HOUR = 3600.0
 _DAY = 86_400.0
@@ -379,18 +379,13 @@ class SeasonalPoissonBank:
         xs = s / c
         ms = m / c
         best = np.zeros(len(x))
-        # Rows whose branch does not apply may divide by zero or overflow;
-        # `where` drops them.
-        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-            if cfg.up:
-                # Wilson-Hilferty, as count_tail.poisson_upper_z, on arrays.
-                z = 3.0 * np.sqrt(xs) * (1.0 - np.cbrt(ms / xs) - 1.0 / (9.0 * xs))
-                best = np.maximum(best, np.where(xs > ms, z, 0.0).max(axis=1))
-            if cfg.down:
-                x1 = xs + 1.0
-                z = 3.0 * np.sqrt(x1) * (np.cbrt(ms / x1) - 1.0 + 1.0 / (9.0 * x1))
-                low = (xs < ms) & (m >= cfg.down_min_expected)
-                best = np.maximum(best, np.where(low, z, 0.0).max(axis=1))
+        if cfg.up:
+            z = poisson_upper_z(xs, ms)
+            best = np.maximum(best, np.where(xs > ms, z, 0.0).max(axis=1))
+        if cfg.down:
+            z = poisson_lower_z(xs, ms)
+            low = (xs < ms) & (m >= cfg.down_min_expected)
+            best = np.maximum(best, np.where(low, z, 0.0).max(axis=1))
         return best
 
     def score(
@@ -423,7 +418,7 @@ class SeasonalPoissonBank:
         mean = block[:, self.calib_mean]
         sd = np.sqrt(np.maximum(block[:, self.calib_sq] - mean * mean, _MIN_CALIBRATION_SD**2))
         deviate = (short - mean) / sd - cfg.score_offset
-        return BankScores(np.where(warm, ndtr(deviate), 0.0), mu, spread)
+        return BankScores(np.where(warm, normal_cdf(deviate), 0.0), mu, spread)
 
     # --- learning ----------------------------------------------------------
 
