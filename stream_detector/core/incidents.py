@@ -18,6 +18,8 @@ CRITICAL = "critical"
 FIRING = "firing"
 RESOLVED = "resolved"
 
+DAY_MS = 86_400_000
+
 # A series is a service (region None) or a service within one region.
 SeriesKey = tuple[str, str | None]
 
@@ -45,6 +47,14 @@ class IncidentPolicy:
     relearn_after_buckets: int = 240
     relearn_weight: float = 0.1
     """A very long incident may be a new normal: after this many buckets, learn it slowly."""
+    recurrence_days: int = 7
+    recurrence_count: int = 2
+    recurrence_slack_ms: int = 900_000
+    recurring_weight: float = 5.0
+    """An anomaly at the time of day of incidents of the same series on
+    `recurrence_count` of the last `recurrence_days` days (give or take the
+    slack) is a rhythm, not an outage: it is learned, faster than usual, so
+    that a daily peak pages for a few days and then is the normal."""
     regional_share: float = 0.7
     max_regional: int = 3
     """A bucket's excess is regional when at most `max_regional` anomalous regions
@@ -89,6 +99,8 @@ class IncidentTracker:
         # First bucket, length and report total of a run of anomalous buckets
         # not yet confirmed as an incident.
         self.pending: dict[SeriesKey, tuple[int, int, int]] = {}
+        # Start and end of each series' incidents of the last `recurrence_days`.
+        self.history: dict[SeriesKey, list[tuple[int, int]]] = {}
 
     def observe(
         self,
@@ -130,7 +142,8 @@ class IncidentTracker:
                 return None, 1.0
             first_ms, run, total = self._anomalous_run(key, bucket_start_ms, bucket_ms, reports)
             if not at_once and (run < policy.confirm_buckets or total < policy.min_reports):
-                return None, 0.0  # anomalous buckets not yet confirmed are not learned either
+                # Anomalous buckets not yet confirmed are not learned either.
+                return None, self._anomaly_weight(key, bucket_start_ms)
             self.pending.pop(key, None)
             incident = Incident(key[0], key[1], first_ms, WARNING)
             self.open[key] = incident
@@ -149,12 +162,46 @@ class IncidentTracker:
             del self.open[key]
             self.resolved[key] = bucket_start_ms
             ended_ms = bucket_start_ms - (policy.calm_buckets - 1) * bucket_ms
+            self._remember(key, incident.start_ms, ended_ms)
             alert = self._message(incident, RESOLVED, bucket_start_ms, bucket_ms, reports, scored)
             alert["ended_at"] = iso_utc(ended_ms)
             return alert, 1.0
 
-        weight = policy.relearn_weight if incident.buckets > policy.relearn_after_buckets else 0.0
+        weight = self._anomaly_weight(key, bucket_start_ms)
+        if incident.buckets > policy.relearn_after_buckets:
+            weight = max(weight, policy.relearn_weight)
         return self._message(incident, FIRING, bucket_start_ms, bucket_ms, reports, scored), weight
+
+    def _anomaly_weight(self, key: SeriesKey, bucket_start_ms: int) -> float:
+        """How much the model learns from an anomalous bucket: nothing, unless it recurs."""
+        past = self.history.get(key)
+        policy = self.policy
+        if not past or len(past) < policy.recurrence_count:
+            return 0.0
+        slack = policy.recurrence_slack_ms
+        days = set()
+        for start_ms, end_ms in past:
+            since, duration = bucket_start_ms - start_ms, end_ms - start_ms
+            # A whole number of days (one to `recurrence_days`) after [start, end],
+            # give or take the slack.
+            if (
+                DAY_MS - slack <= since <= policy.recurrence_days * DAY_MS + duration + slack
+                and (since + slack) % DAY_MS <= duration + 2 * slack
+            ):
+                days.add((since + slack) // DAY_MS)
+        return policy.recurring_weight if len(days) >= policy.recurrence_count else 0.0
+
+    def _remember(self, key: SeriesKey, start_ms: int, end_ms: int) -> None:
+        """Record a resolved incident, and forget those too old to recur (of every series:
+        resolving is rare, and the history stays as small as the recent incidents)."""
+        horizon = end_ms - (self.policy.recurrence_days + 1) * DAY_MS
+        history = {}
+        for series, past in self.history.items():
+            recent = [(s, e) for s, e in past if e >= horizon]
+            if recent:
+                history[series] = recent
+        history.setdefault(key, []).append((start_ms, end_ms))
+        self.history = history
 
     def _critical(self, reports: int, scored: Scored) -> bool:
         policy = self.policy

@@ -20,7 +20,7 @@ import orjson
 from stream_detector.core.detector import DetectorConfig, PartitionDetector
 from stream_detector.core.incidents import Incident
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 MAGIC = b"SDS1"
 
 
@@ -53,6 +53,7 @@ def encode(detector: PartitionDetector, model_name: str) -> bytes:
         ],
         "resolved": [[key[0], key[1], ms] for key, ms in d.incidents.resolved.items()],
         "pending": [[key[0], key[1], *run] for key, run in d.incidents.pending.items()],
+        "history": [[key[0], key[1], past] for key, past in d.incidents.history.items()],
     }
     return MAGIC + zlib.compress(orjson.dumps(doc), 1)
 
@@ -103,5 +104,9 @@ def decode(data: bytes, config: DetectorConfig, wall_ms: int) -> PartitionDetect
     d.incidents.pending = {
         (service, region): (first_ms, run, total)
         for service, region, first_ms, run, total in doc["pending"]
+    }
+    d.incidents.history = {
+        (service, region): [(start_ms, end_ms) for start_ms, end_ms in past]
+        for service, region, past in doc["history"]
     }
     return d

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import random
 from collections import Counter
 from datetime import UTC, datetime
@@ -302,3 +303,56 @@ def test_single_anomalous_bucket_is_not_an_incident_but_two_are():
     # The incident starts with the first bucket of the confirmed run.
     assert alert["status"] == "firing" and alert["started_at"] == "1970-01-01T00:02:00Z"
     assert weight == 0.0
+
+
+def test_an_anomaly_at_the_time_of_day_of_recent_incidents_is_learned():
+    """An outage teaches the model nothing; the same anomaly on a third day is a rhythm."""
+    from stream_detector.core.incidents import DAY_MS, IncidentTracker
+    from stream_detector.core.models.base import Scored
+
+    policy = IncidentPolicy(calm_buckets=1, confirm_buckets=1, recurrence_count=2)
+    t = IncidentTracker(policy)
+    key = ("x", None)
+    evening = 18 * 60 * MINUTE
+    hot, calm = Scored(0.9999, 10.0, 3.0), Scored(0.1, 10.0, 3.0)
+
+    def weight_at(ms: int) -> float:
+        _, weight = t.observe(key, ms, MINUTE, 40, hot, {}, {})
+        t.observe(key, ms + MINUTE, MINUTE, 10, calm, {}, {})  # resolves it again
+        return weight
+
+    assert weight_at(evening) == 0.0  # the first time, an outage
+    assert weight_at(DAY_MS + evening + 5 * MINUTE) == 0.0  # twice may be chance
+    assert weight_at(2 * DAY_MS + 12 * 60 * MINUTE) == 0.0  # another time of day
+    assert weight_at(2 * DAY_MS + evening - 5 * MINUTE) == policy.recurring_weight
+    # Past the recurrence horizon, the evening is news again.
+    assert weight_at((policy.recurrence_days + 4) * DAY_MS + evening) == 0.0
+
+
+def test_a_daily_peak_pages_at_first_and_is_learned_within_a_week():
+    """A 3-fold evening hour every day from day 3 is news, then, within a week, the normal."""
+    rng = random.Random(5)
+    d = PartitionDetector(DetectorConfig(regions=False, lateness_ms=5_000))
+    day = 24 * 60
+    first_day_of_incidents: Counter[int] = Counter()
+    for minute in range(18 * day):
+        evening = (minute % day) // 60 == 18 and minute >= 3 * day
+        for i in range(_poisson(rng, 15.0 if evening else 5.0)):
+            d.add(report(ts=T0 + minute * MINUTE + i))
+        for bucket in d.advance():
+            for alert in bucket.alerts:
+                if alert["status"] == "resolved":
+                    started = datetime.fromisoformat(alert["started_at"]).timestamp() * 1000
+                    first_day_of_incidents[int(started - T0) // (day * MINUTE)] += 1
+    incidents_by_day = [first_day_of_incidents[n] for n in range(18)]
+    assert incidents_by_day[3] == 1, incidents_by_day  # the first evening pages
+    assert sum(incidents_by_day[:3]) == 0, incidents_by_day
+    assert sum(incidents_by_day[10:17]) == 0, incidents_by_day  # a week later it is normal
+
+
+def _poisson(rng: random.Random, lam: float) -> int:
+    n, p, limit = 0, rng.random(), math.exp(-lam)
+    while p > limit:
+        n += 1
+        p *= rng.random()
+    return n

@@ -72,3 +72,13 @@ def test_incompatible_snapshots_are_refused_with_the_reason():
         snapshot.decode(data, dataclasses.replace(config, model=other), 0)
     with pytest.raises(snapshot.SnapshotError, match="format"):
         snapshot.decode(b"garbage", config, 0)
+
+
+def test_incident_history_survives_a_restore():
+    """The recent incidents that make a recurring anomaly learnable are state too."""
+    config = DetectorConfig(model="ewma", lateness_ms=5_000)
+    d = PartitionDetector(config)
+    run(d, reports(random.Random(3), range(0, 240)))
+    assert d.incidents.history, "the outage at minute 200 should have resolved"
+    restored = snapshot.decode(snapshot.encode(d, "ewma"), config, wall_ms=0)
+    assert restored.incidents.history == d.incidents.history
