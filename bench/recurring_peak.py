@@ -12,10 +12,9 @@ incidents started that day.
 from __future__ import annotations
 
 import argparse
-import math
-import random
 from collections import Counter
 
+import numpy as np
 import orjson
 
 from stream_detector.core.detector import DetectorConfig, PartitionDetector
@@ -25,22 +24,14 @@ MINUTE = 60_000
 DAY_MINUTES = 24 * 60
 
 
-def poisson(rng: random.Random, lam: float) -> int:
-    n, p, limit = 0, rng.random(), math.exp(-lam)
-    while p > limit:
-        n += 1
-        p *= rng.random()
-    return n
-
-
 def incidents_by_day(rate: float, peak: float, days: int, seed: int) -> list[int]:
-    rng = random.Random(seed)
+    rng = np.random.default_rng(seed)
     detector = PartitionDetector(DetectorConfig(regions=False))
     started: Counter[int] = Counter()
     seen: set[str] = set()
     for minute in range(days * DAY_MINUTES):
         evening = (minute % DAY_MINUTES) // 60 == 18 and minute >= 3 * DAY_MINUTES
-        n = poisson(rng, rate * peak if evening else rate)
+        n = int(rng.poisson(rate * peak if evening else rate))
         ts = T0 + minute * MINUTE
         detector.add_many([orjson.dumps({"service": "s", "ts": ts + i}) for i in range(n)])
         for bucket in detector.advance():

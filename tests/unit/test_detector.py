@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import math
 import random
 from collections import Counter
 from datetime import UTC, datetime
 
+import numpy as np
 import orjson
 import pytest
 from hypothesis import given, settings
@@ -331,13 +331,13 @@ def test_an_anomaly_at_the_time_of_day_of_recent_incidents_is_learned():
 
 def test_a_daily_peak_pages_at_first_and_is_learned_within_a_week():
     """A 3-fold evening hour every day from day 3 is news, then, within a week, the normal."""
-    rng = random.Random(5)
+    rng = np.random.default_rng(5)
     d = PartitionDetector(DetectorConfig(regions=False, lateness_ms=5_000))
     day = 24 * 60
     first_day_of_incidents: Counter[int] = Counter()
     for minute in range(18 * day):
         evening = (minute % day) // 60 == 18 and minute >= 3 * day
-        for i in range(_poisson(rng, 15.0 if evening else 5.0)):
+        for i in range(rng.poisson(15.0 if evening else 5.0)):
             d.add(report(ts=T0 + minute * MINUTE + i))
         for bucket in d.advance():
             for alert in bucket.alerts:
@@ -349,10 +349,3 @@ def test_a_daily_peak_pages_at_first_and_is_learned_within_a_week():
     assert sum(incidents_by_day[:3]) == 0, incidents_by_day
     assert sum(incidents_by_day[10:17]) == 0, incidents_by_day  # a week later it is normal
 
-
-def _poisson(rng: random.Random, lam: float) -> int:
-    n, p, limit = 0, rng.random(), math.exp(-lam)
-    while p > limit:
-        n += 1
-        p *= rng.random()
-    return n
