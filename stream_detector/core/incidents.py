@@ -142,7 +142,8 @@ class IncidentTracker:
                 return None, 1.0
             first_ms, run, total = self._anomalous_run(key, bucket_start_ms, bucket_ms, reports)
             if not at_once and (run < policy.confirm_buckets or total < policy.min_reports):
-                # Anomalous buckets not yet confirmed are not learned either.
+                # Anomalous buckets not yet confirmed are not learned either,
+                # unless they recur (see `_anomaly_weight`).
                 return None, self._anomaly_weight(key, bucket_start_ms)
             self.pending.pop(key, None)
             incident = Incident(key[0], key[1], first_ms, WARNING)
