@@ -10,7 +10,8 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
-$(STAMP): pyproject.toml | $(BIN)/python
+# The install compiles the Cython modules, so editing one reinstalls.
+$(STAMP): pyproject.toml $(wildcard stream_detector/*/*.pyx stream_detector/*/*/*.pyx) | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 	touch $(STAMP)
 
@@ -29,3 +30,4 @@ bench: $(STAMP)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache
+	find stream_detector \( -name '*.so' -o -name '*.c' \) -delete

@@ -13,22 +13,14 @@ from dataclasses import dataclass, field
 from typing import NamedTuple
 
 import numpy as np
-import orjson
 
+from stream_detector.core._counting import count_reports, list_series
 from stream_detector.core.buckets import BucketCounter, BucketCounts
-from stream_detector.core.events import (
-    BAD_TIMESTAMP,
-    MAX_FIELD_CHARS,
-    MAX_MESSAGE_BYTES,
-    MAX_TS_MS,
-    MIN_TS_MS,
-    InvalidReport,
-    decode_report,
-)
+from stream_detector.core.events import InvalidReport
 from stream_detector.core.incidents import IncidentPolicy, IncidentTracker, SeriesKey
 from stream_detector.core.models import DEFAULT_MODEL, ModelBank, Scored, model_bank
 from stream_detector.core.models.bank import BankScores
-from stream_detector.core.reporters import HOUR_MS, ReporterFilter
+from stream_detector.core.reporters import ReporterFilter
 from stream_detector.core.watermark import EventClock
 
 ACCEPTED = "accepted"
@@ -147,19 +139,6 @@ class ClosedBucket:
             for i, key in enumerate(self.series.keys)
         ]
 
-    def service_scores(self) -> dict[str, SeriesScore]:
-        """The scores of the service-wide series, by service."""
-        score, expected, spread = (a.tolist() for a in self.scored)
-        series = self.series
-        indexed = list(series.first.items())
-        offset = len(series.rows) - len(series.extra)
-        indexed += [(key[0], offset + j) for j, key in enumerate(series.extra) if key[1] is None]
-        return {
-            service: SeriesScore(service, None, series.reports[i], expected[i], spread[i],
-                                 score[i], self.severities.get(i))
-            for service, i in indexed
-        }
-
 
 class PartitionDetector:
     """Counts, scores and tracks incidents for the services of one partition."""
@@ -202,116 +181,13 @@ class PartitionDetector:
     ) -> tuple[int, int, list[tuple[int, InvalidReport]]]:
         """Count reports; returns how many were late and duplicate, and the invalid ones.
 
-        This loop is the per-report hot path, so it binds everything it needs
-        to locals once, checks the common shape of a report inline (falling
-        back to `decode_report` only to name what is wrong or to convert an
-        ISO timestamp), and inlines the fast paths of the reporter filter,
-        the bucket counter and the event clock.
+        A report counts in the open bucket of its timestamp unless that bucket
+        is late (the event clock, or the wall clock of a quiet partition, has
+        passed its end plus the allowed lateness) or its reporter already
+        reported this service in the same clock hour. This is the per-report
+        hot path, so it is compiled (`_counting.count_reports`).
         """
-        width = self.config.bucket_ms
-        # Newest acceptable timestamp: the valid range and the future limit in one bound.
-        newest_ms = MAX_TS_MS - 1
-        if wall_ms is not None and wall_ms + self.config.max_future_ms < newest_ms:
-            newest_ms = wall_ms + self.config.max_future_ms
-        clock = self.clock
-        lateness_ms = clock.lateness_ms
-        # -1 and 0 stand for "no report yet" and "nothing closed yet": every
-        # timestamp is later than both, so no bucket is late against them.
-        max_event_ms = -1 if clock.max_event_ms is None else clock.max_event_ms
-        wall_at_max_ms = clock.wall_at_max_ms
-        observed_wall_ms = wall_ms if wall_ms is not None else 0
-        next_close_ms = self.next_close_ms or 0
-        counter = self.counter
-        open_buckets = counter.open
-        reporters = self.reporters
-        loads = orjson.loads
-        # The bucket and the reporter hour of the previous report, as ranges of
-        # event time: consecutive reports almost always share both, and
-        # comparing timestamps is much cheaper than dividing them. `bucket` is
-        # None until a report counts in it, so no empty bucket is ever opened.
-        bucket_start = bucket_end = bucket_late_ms = hour_start = hour_end = -1
-        bucket: BucketCounts | None = None
-        seen_in_hour: dict[str, dict[str, None]] = {}
-        late = duplicate = 0
-        invalid: list[tuple[int, InvalidReport]] = []
-        try:
-            for index, raw in enumerate(values):
-                size = len(raw)
-                try:
-                    doc = loads(raw) if size <= MAX_MESSAGE_BYTES else None
-                except orjson.JSONDecodeError:
-                    doc = None
-                if type(doc) is dict:
-                    service = doc.get("service")
-                    ts_ms = doc.get("ts")
-                    region = doc.get("region")
-                    problem = doc.get("problem")
-                    reporter = doc.get("reporter")
-                else:
-                    service = None  # fails the check below, so decode_report names the problem
-                # The common shape of a report, checked inline. A message of at
-                # most MAX_FIELD_CHARS bytes cannot hold a longer string.
-                if not (
-                    type(service) is str and service
-                    and type(ts_ms) is int and MIN_TS_MS <= ts_ms <= newest_ms
-                    and (region is None or type(region) is str and region)
-                    and (problem is None or type(problem) is str and problem)
-                    and (reporter is None or type(reporter) is str and reporter)
-                    and (size <= MAX_FIELD_CHARS or _fields_fit(service, region, problem, reporter))
-                ):
-                    try:
-                        service, ts_ms, region, problem, reporter = decode_report(raw)
-                        if ts_ms > newest_ms:
-                            raise InvalidReport(BAD_TIMESTAMP, f"'ts' {ts_ms} is in the future")
-                    except InvalidReport as exc:
-                        invalid.append((index, exc))
-                        continue
-                if not bucket_start <= ts_ms < bucket_end:
-                    bucket_start = ts_ms - ts_ms % width
-                    bucket_end = bucket_start + width
-                    # The bucket is late by event time once the clock reaches this.
-                    bucket_late_ms = bucket_end + lateness_ms
-                    bucket = open_buckets.get(bucket_start)
-                # Late by event time alone (deterministic for a given message order), or
-                # late because the wall clock already closed its bucket while the
-                # partition was quiet.
-                if max_event_ms >= bucket_late_ms or bucket_start < next_close_ms:
-                    late += 1
-                    continue
-                if reporter is not None:
-                    if not hour_start <= ts_ms < hour_end:
-                        hour = ts_ms // HOUR_MS
-                        hour_start = hour * HOUR_MS
-                        hour_end = hour_start + HOUR_MS
-                        seen_in_hour = reporters.services_in_hour(hour)
-                    seen = seen_in_hour.get(service)
-                    if seen is None:
-                        seen_in_hour[service] = {reporter: None}
-                    elif reporter in seen:
-                        duplicate += 1
-                        continue
-                    else:
-                        seen[reporter] = None
-                if bucket is None:
-                    bucket = counter.bucket(bucket_start)
-                counts = bucket.get(service)
-                if counts is None:
-                    counts = bucket[service] = [0, {}, {}]
-                counts[0] += 1
-                if region is not None:
-                    regions = counts[1]
-                    regions[region] = regions.get(region, 0) + 1
-                if problem is not None:
-                    problems = counts[2]
-                    problems[problem] = problems.get(problem, 0) + 1
-                if ts_ms > max_event_ms:
-                    max_event_ms = ts_ms
-                    wall_at_max_ms = observed_wall_ms
-        finally:
-            if max_event_ms >= 0:
-                clock.max_event_ms = max_event_ms
-                clock.wall_at_max_ms = wall_at_max_ms
-        return late, duplicate, invalid
+        return count_reports(self, values, wall_ms)
 
     def advance(self, wall_ms: int | None = None) -> list[ClosedBucket]:
         """Close every bucket the watermark has passed, oldest first, and score it."""
@@ -410,24 +286,9 @@ class PartitionDetector:
         """The series to score in this bucket (see `BucketSeries`), new ones given a bank row."""
         regional = self.config.regions
         series = BucketSeries(counts, regional)
-        rows, reports, first = series.rows, series.reports, series.first
-        known = self.series
-        add = self.bank.add
-        for service, (n, regions, _) in counts.items():
-            entry = known.get(service)
-            if entry is None:
-                entry = known[service] = (add(), {})
-            first[service] = len(rows)
-            rows.append(entry[0])
-            reports.append(n)
-            if regional and regions:
-                region_rows = entry[1]
-                for region in regions:
-                    row = region_rows.get(region)
-                    if row is None:
-                        row = region_rows[region] = add()
-                    rows.append(row)
-                reports.extend(regions.values())
+        list_series(counts, self.series, self.bank.add, regional, series.rows, series.reports,
+                    series.first)
+        rows, reports = series.rows, series.reports
         for key in self.incidents.open:
             if series.index(key) is None:
                 series.extra.append(key)
@@ -479,6 +340,3 @@ class PartitionDetector:
         )
         return set(anomalous) if regional_excess >= policy.regional_share * excess else set()
 
-
-def _fields_fit(*fields: str | None) -> bool:
-    return all(field is None or len(field) <= MAX_FIELD_CHARS for field in fields)

@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from river import stats
 
 from stream_detector.core.models import DEFAULT_MODEL, MODELS, model_factory
+from stream_detector.core.models import _seasonal_kernel as kernel
 from stream_detector.core.models import seasonal_poisson as sp
 from stream_detector.core.models.seasonal_poisson import SeasonalPoissonModel
 
@@ -128,22 +129,17 @@ def test_learn_zeros_is_close_to_learning_zeros_one_by_one():
         assert b.score == pytest.approx(a.score, abs=0.02)
 
 
-def test_learn_zeros_cost_is_bounded_by_slots_not_buckets(monkeypatch):
-    calls = 0
-    slot = sp.calendar_slot
-
-    def counted(t):
-        nonlocal calls
-        calls += 1
-        return slot(t)
-
-    monkeypatch.setattr(sp, "calendar_slot", counted)
+def test_a_year_of_empty_buckets_is_learned_in_one_step():
     model = SeasonalPoissonModel(60)
-    model.learn_one(T0, 5)
-    model.learn_zeros(T0 + MINUTE, T0 + MINUTE + 365 * 86_400)  # a year of empty minutes
-    assert calls <= 2 * 7 * 24 + 2
-    assert model.last_t == T0 + 365 * 86_400
-    assert sum(sp._buckets_per_slot(T0, 525_600, 60).values()) == 525_600
+    for i in range(DAY):
+        model.learn_one(T0 + MINUTE * i, 5)
+    before = model.score_one(T0 + MINUTE * DAY, 5).expected
+    model.learn_zeros(T0 + MINUTE * DAY, T0 + MINUTE * DAY + 365 * 86_400)  # a year of minutes
+    assert model.last_t == T0 + MINUTE * (DAY - 1) + 365 * 86_400
+    assert np.isfinite(model.bank.data[0]).all()
+    assert model.score_one(T0 + MINUTE * DAY + 365 * 86_400, 5).expected < 1e-3 * before
+    for closed_form in (True, False):
+        assert sum(kernel.slot_counts(T0, 525_600, 60, closed_form)) == 525_600
 
 
 def test_state_pickles_and_round_trips():
@@ -241,10 +237,35 @@ def test_a_bank_scores_each_row_as_its_own_model():
     bucket=st.sampled_from([60, 300, 900]),
 )
 def test_gap_buckets_per_slot_have_the_closed_form_of_the_hour_walk(start_minute, gap, bucket):
-    bank = sp.SeasonalPoissonBank(bucket)
     t_start = T0 + start_minute * 60 - (T0 + start_minute * 60) % bucket
     n = max(1, gap * 60 // bucket)
-    counts = bank._slot_counts(np.array([t_start], dtype=float), np.array([float(n)]),
-                               t_start + n * bucket)
-    walked = sp._buckets_per_slot(t_start, n, bucket)
-    assert counts[0].tolist() == [float(walked.get(slot, 0)) for slot in range(sp.SLOTS)]
+    walked = kernel.slot_counts(t_start, n, bucket, False)
+    assert kernel.slot_counts(t_start, n, bucket, True) == walked
+    assert sum(walked) == n
+
+
+def test_calendar_slots_are_utc_hours_split_by_weekday_and_weekend():
+    assert kernel.calendar_slot(T0) == 0  # Monday 00:00 UTC
+    assert kernel.calendar_slot(T0 + 4 * 86_400 + 23 * 3600 + 3599) == 23  # Friday 23:59:59
+    assert kernel.calendar_slot(T0 + 5 * 86_400 + 13 * 3600) == 37  # Saturday 13:00
+    assert kernel.calendar_slot(T0 + 7 * 86_400) == 0  # Monday again
+
+
+@pytest.mark.parametrize(
+    ("m", "below"), [(0.3, 0.55), (1.0, 0.4), (3.0, 0.25), (10.0, 0.12), (100.0, 0.03)]
+)
+def test_the_poisson_tail_errs_only_on_the_cautious_side(m, below):
+    """Across the counts a detector cares about (exact deviate between 0 and 7), the
+    approximate deviate is at most a hair above the exact one, and `below` under it."""
+    from scipy.stats import norm, poisson
+
+    x = np.arange(math.ceil(m), m + 60 * math.sqrt(m) + 20)
+    exact = -norm.ppf(poisson.sf(x - 1, m))  # P(X >= x) as a normal deviate
+    cared = (exact > 0) & (exact < 7)
+    approx = np.array([kernel.poisson_upper_z(v, m) for v in x])
+    assert cared.sum() >= 3
+    error = (approx - exact)[cared]
+    assert error.max() < 0.02 and error.min() > -below
+    lower = -norm.ppf(poisson.cdf(0, m))  # P(X <= 0)
+    if lower < 7:
+        assert lower - max(below, 0.2) < kernel.poisson_lower_z(0, m) < lower + 0.02
