@@ -11,6 +11,7 @@ import asyncio
 import heapq
 from collections.abc import Callable, Iterable, Iterator
 
+import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
@@ -18,7 +19,7 @@ from prometheus_client.registry import Collector
 
 from stream_detector import __version__
 from stream_detector.core.buckets import ServiceCounts
-from stream_detector.core.detector import OUTCOMES, ClosedBucket, SeriesScore
+from stream_detector.core.detector import OUTCOMES, ClosedBucket
 from stream_detector.core.events import REASONS
 from stream_detector.core.incidents import CRITICAL
 
@@ -106,10 +107,11 @@ class DetectorMetrics:
 class _Service:
     """What the scrape needs of one service: its latest score and counts, and recent volume."""
 
-    __slots__ = ("score", "counts", "volume", "volume_ms")
+    __slots__ = ("latest", "counts", "volume", "volume_ms")
 
-    def __init__(self, score: SeriesScore, volume_ms: int):
-        self.score = score
+    def __init__(self, volume_ms: int):
+        self.latest: tuple[int, float, float, float, str | None] = (0, 0.0, 0.0, 0.0, None)
+        """Reports, expected, spread, score and open incident's severity of its latest bucket."""
         self.counts: ServiceCounts | None = None
         """[reports, {region: n}, {problem: n}] of the latest bucket; None if it had none."""
         self.volume = 0.0
@@ -122,9 +124,10 @@ class ServiceGauges(Collector):
 
     Buckets close by the thousand while the detector catches up, and a scrape
     comes every 15 s or so and reads only the latest values. So closing a
-    bucket only records plain data per service; choosing the exported
-    services and building their series waits for the scrape. Both run on the
-    event loop, so they share that data without a lock.
+    bucket only records plain values per service, straight from the score
+    arrays; choosing the exported services and building their series waits
+    for the scrape. Both run on the event loop, so they share that data
+    without a lock.
     """
 
     def __init__(self, max_services: int, bucket_ms: int):
@@ -139,26 +142,46 @@ class ServiceGauges(Collector):
         self._sweep_at = max_services
 
     def observe(self, bucket: ClosedBucket) -> None:
-        """Keep each service's latest score and counts, add to its volume, track firing."""
+        """Keep each service's latest score and counts, add to its volume, track firing.
+
+        The services of a bucket are those with reports and those of open
+        incidents (at the end of the bucket's series, without counts).
+        """
         # A partition that is behind adds its reports at full weight, as of
         # the latest bucket.
         now = self.now_ms = max(self.now_ms, bucket.start_ms)
-        counts = bucket.counts
-        known = self.known
-        for service, score in bucket.service_scores().items():
+        series = bucket.series
+        services = list(series.first)
+        positions = list(series.first.values())
+        offset = len(series.rows) - len(series.extra)
+        for j, (service, region) in enumerate(series.extra):
+            if region is None:
+                services.append(service)
+                positions.append(offset + j)
+        # Only the services' values, gathered from the arrays of every series scored.
+        at = np.array(positions, dtype=np.intp)
+        score, expected, spread = (a[at].tolist() for a in bucket.scored)
+        all_reports = series.reports
+        reports = [all_reports[i] for i in positions]
+        severities, counts = bucket.severities, bucket.counts
+        known, firing, width = self.known, self.firing, self.bucket_ms
+        for service, i, n, mean, sd, probability in zip(
+            services, positions, reports, expected, spread, score, strict=True
+        ):
             state = known.get(service)
             if state is None:
-                state = known[service] = _Service(score, now)
-            else:
-                state.score = score
+                state = known[service] = _Service(now)
+            severity = severities.get(i) if severities else None
+            state.latest = (n, mean, sd, probability, severity)
             service_counts = state.counts = counts.get(service)
             if service_counts is not None:
-                state.volume = self._volume(state) + service_counts[0]
+                state.volume = (state.volume * VOLUME_DECAY ** ((now - state.volume_ms) // width)
+                                + n)
                 state.volume_ms = now
-            if score.severity is None:
-                self.firing.discard(service)
-            else:
-                self.firing.add(service)
+            if severity is not None:
+                firing.add(service)
+            elif firing:
+                firing.discard(service)
         if len(known) >= self._sweep_at:
             self._live_volumes()
 
@@ -193,14 +216,14 @@ class ServiceGauges(Collector):
         reports, expected, spread, score, firing, severity, regions, problems = families
         for service in exported:
             state = self.known[service]
-            s = state.score
+            n, mean, sd, probability, level_name = state.latest
             labels = [service]
-            reports.add_metric(labels, s.reports)
-            expected.add_metric(labels, s.expected)
-            spread.add_metric(labels, s.spread)
-            score.add_metric(labels, s.score)
-            firing.add_metric(labels, 0 if s.severity is None else 1)
-            level = 0 if s.severity is None else (2 if s.severity == CRITICAL else 1)
+            reports.add_metric(labels, n)
+            expected.add_metric(labels, mean)
+            spread.add_metric(labels, sd)
+            score.add_metric(labels, probability)
+            firing.add_metric(labels, 0 if level_name is None else 1)
+            level = 0 if level_name is None else (2 if level_name == CRITICAL else 1)
             severity.add_metric(labels, level)
             if state.counts is not None:
                 for region, n in heapq.nlargest(TOP_BREAKDOWN, state.counts[1].items(),
