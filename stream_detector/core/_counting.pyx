@@ -9,6 +9,8 @@ owns their meaning; see `detector.py` for the rules they apply.
 
 from cpython.long cimport PyLong_AsLongLongAndOverflow
 
+from stream_detector.core.reporters cimport HourSet, ReporterFilter, pair_key
+
 import orjson
 
 from stream_detector.core.events import (
@@ -63,7 +65,7 @@ def count_reports(detector, values, wall_ms):
     cdef long long next_close_ms = detector.next_close_ms or 0
     counter = detector.counter
     cdef dict open_buckets = counter.open
-    reporters = detector.reporters
+    cdef ReporterFilter reporters = detector.reporters
     # The bucket and the reporter hour of the previous report, as ranges of
     # event time: consecutive reports almost always share both, and
     # comparing timestamps is much cheaper than dividing them. `bucket` is
@@ -74,9 +76,9 @@ def count_reports(detector, values, wall_ms):
     cdef Py_ssize_t index = 0, size
     cdef long long late = 0, duplicate = 0
     cdef object bucket = None
-    cdef dict seen_in_hour = {}
+    cdef HourSet seen_in_hour = None
     cdef list invalid = []
-    cdef object doc, service, ts, region, problem, reporter, seen, counts
+    cdef object doc, service, ts, region, problem, reporter, counts
     cdef dict regions, problems
     cdef bytes raw
     try:
@@ -133,15 +135,10 @@ def count_reports(detector, values, wall_ms):
                 if not hour_start <= ts_ms < hour_end:
                     hour_start = ts_ms - ts_ms % C_HOUR_MS
                     hour_end = hour_start + C_HOUR_MS
-                    seen_in_hour = reporters.services_in_hour(hour_start // C_HOUR_MS)
-                seen = seen_in_hour.get(service)
-                if seen is None:
-                    seen_in_hour[service] = {reporter: None}
-                elif reporter in <dict>seen:
+                    seen_in_hour = reporters.hour_set(hour_start // C_HOUR_MS)
+                if not seen_in_hour.add(pair_key(service, reporter)):
                     duplicate += 1
                     continue
-                else:
-                    (<dict>seen)[reporter] = None
             if bucket is None:
                 bucket = counter.bucket(bucket_start)
             counts = (<dict>bucket).get(service)

@@ -13,14 +13,19 @@ baselines.
 
 from __future__ import annotations
 
+import base64
 import zlib
 
 import orjson
 
 from stream_detector.core.detector import DetectorConfig, PartitionDetector
 from stream_detector.core.incidents import Incident
+from stream_detector.core.reporters import reporter_key
 
-FORMAT_VERSION = 3
+FORMAT_VERSION = 4
+# Format 3 kept the reporter filter as (service, reporter) pairs of strings;
+# they are turned into the keys format 4 keeps, so its state carries over.
+READABLE_VERSIONS = (3, FORMAT_VERSION)
 MAGIC = b"SDS1"
 
 
@@ -38,12 +43,8 @@ def encode(detector: PartitionDetector, model_name: str) -> bytes:
         "clock": [d.clock.max_event_ms, d.clock.wall_at_max_ms],
         "next_close_ms": d.next_close_ms,
         "open": [[start, counts] for start, counts in d.counter.open.items()],
-        # Sorted (service, reporter) pairs per hour: the same state always encodes the same.
-        "reporters": [
-            [hour, sorted([service, reporter] for service, seen in services.items()
-                          for reporter in seen)]
-            for hour, services in d.reporters.hours.items()
-        ],
+        "reporters": [[hour, base64.b64encode(packed).decode()]
+                      for hour, packed in d.reporters.state()],
         "series": [[service, row, regions] for service, (row, regions) in d.series.items()],
         "models": d.bank.state(),
         "incidents": [
@@ -66,7 +67,7 @@ def decode(data: bytes, config: DetectorConfig, wall_ms: int) -> PartitionDetect
         doc = orjson.loads(zlib.decompress(data[len(MAGIC):]))
     except (zlib.error, orjson.JSONDecodeError) as exc:
         raise SnapshotError(f"snapshot is corrupt ({exc})") from None
-    if doc.get("version") != FORMAT_VERSION:
+    if doc.get("version") not in READABLE_VERSIONS:
         raise SnapshotError(
             f"snapshot format version {doc.get('version')} is not {FORMAT_VERSION}; "
             "start from a fresh state topic or run the version that wrote it"
@@ -85,10 +86,15 @@ def decode(data: bytes, config: DetectorConfig, wall_ms: int) -> PartitionDetect
     d.clock.wall_at_max_ms = wall_ms
     d.next_close_ms = doc["next_close_ms"]
     d.counter.open = {start: counts for start, counts in doc["open"]}
-    for hour, pairs in doc["reporters"]:
-        services = d.reporters.hours[hour] = {}
-        for service, reporter in pairs:
-            services.setdefault(service, {})[reporter] = None
+    if doc["version"] == 3:
+        for hour, pairs in doc["reporters"]:
+            keys = d.reporters.hour_set(hour)
+            for service, reporter in pairs:
+                keys.add_key(reporter_key(service, reporter))
+    else:
+        d.reporters.load_state(
+            [[hour, base64.b64decode(packed)] for hour, packed in doc["reporters"]]
+        )
     d.series = {service: (row, regions) for service, row, regions in doc["series"]}
     try:
         d.bank.load_state(doc["models"])

@@ -22,6 +22,7 @@ from stream_detector.core.detector import (
 )
 from stream_detector.core.events import InvalidReport, decode_report
 from stream_detector.core.incidents import IncidentPolicy
+from stream_detector.core.reporters import reporter_key
 
 T0 = 1_767_571_200_000  # Monday 2026-01-05 00:00 UTC
 MINUTE = 60_000
@@ -133,7 +134,7 @@ def test_add_many_is_add_one_by_one(batches, with_wall_clock):
         assert counts == {o: outcomes[o] for o in (ACCEPTED, INVALID, LATE, DUPLICATE)}
         assert [(index, exc.reason, exc.detail) for index, exc in invalid] == rejected
         assert many.counter.open == one.counter.open
-        assert many.reporters.hours == one.reporters.hours
+        assert many.reporters.state() == one.reporters.state()
         assert (many.clock.max_event_ms, many.clock.wall_at_max_ms) == (
             one.clock.max_event_ms, one.clock.wall_at_max_ms)
         assert [(b.start_ms, b.counts) for b in many.advance(wall_ms)] == [
@@ -157,8 +158,9 @@ def test_add_counts_exactly_what_decode_report_reads(raw):
     regions = {region: 1} if region else {}
     problems = {problem: 1} if problem else {}
     assert d.counter.open == {ts - ts % MINUTE: {service: [1, regions, problems]}}
-    reporters = {ts // 3_600_000: {service: {reporter: None}}} if reporter else {}
-    assert d.reporters.hours == reporters
+    assert len(d.reporters) == (1 if reporter else 0)
+    if reporter:
+        assert reporter_key(service, reporter) in d.reporters.hours[ts // 3_600_000]
 
 
 def test_region_and_problem_breakdowns_are_counted():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import random
+import zlib
 
 import orjson
 import pytest
@@ -82,3 +83,33 @@ def test_incident_history_survives_a_restore():
     assert d.incidents.history, "the outage at minute 200 should have resolved"
     restored = snapshot.decode(snapshot.encode(d, "ewma"), config, wall_ms=0)
     assert restored.incidents.history == d.incidents.history
+
+
+def _rewrite(data: bytes, change) -> bytes:
+    doc = orjson.loads(zlib.decompress(data[len(snapshot.MAGIC):]))
+    change(doc)
+    return snapshot.MAGIC + zlib.compress(orjson.dumps(doc))
+
+
+def test_the_reporter_filter_survives_a_restore_also_from_format_3():
+    """Format 3 kept (service, reporter) pairs; a restore from it still knows who reported."""
+    config = DetectorConfig(model="ewma")
+    d = PartitionDetector(config)
+    first = orjson.dumps({"service": "x", "ts": T0, "reporter": "a81f"})
+    again = orjson.dumps({"service": "x", "ts": T0 + 1000, "reporter": "a81f"})
+    other = orjson.dumps({"service": "x", "ts": T0 + 2000, "reporter": "b2c3"})
+    assert d.add(first) == "accepted"
+    data = snapshot.encode(d, "ewma")
+
+    def as_format_3(doc):
+        doc["version"] = 3
+        doc["reporters"] = [[T0 // 3_600_000, [["x", "a81f"]]]]
+
+    for restored_from in (data, _rewrite(data, as_format_3)):
+        restored = snapshot.decode(restored_from, config, wall_ms=0)
+        assert restored.reporters.state() == d.reporters.state()
+        assert restored.add(again) == "duplicate"
+        assert restored.add(other) == "accepted"
+
+    with pytest.raises(snapshot.SnapshotError, match="format version 2"):
+        snapshot.decode(_rewrite(data, lambda doc: doc.update(version=2)), config, 0)

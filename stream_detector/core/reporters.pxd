@@ -1,0 +1,17 @@
+from libc.stdint cimport uint64_t
+
+
+cdef class HourSet:
+    cdef uint64_t* slots
+    cdef Py_ssize_t capacity
+    cdef Py_ssize_t size
+    cdef bint add(self, uint64_t key) except -1
+    cdef int _grow(self) except -1
+
+
+cdef uint64_t pair_key(str service, str reporter) except? 0
+
+
+cdef class ReporterFilter:
+    cdef readonly dict hours
+    cpdef HourSet hour_set(self, long long hour)
