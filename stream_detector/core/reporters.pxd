@@ -5,6 +5,7 @@ cdef class HourSet:
     cdef uint64_t* slots
     cdef Py_ssize_t capacity
     cdef Py_ssize_t size
+    cdef Py_ssize_t _slot(self, uint64_t key) noexcept
     cdef bint add(self, uint64_t key) except -1
     cdef int _grow(self) except -1
 

@@ -83,14 +83,19 @@ cdef class HourSet:
     def __dealloc__(self):
         PyMem_Free(self.slots)
 
-    cdef bint add(self, uint64_t key) except -1:
-        """Add `key`; False if it was there already."""
+    cdef inline Py_ssize_t _slot(self, uint64_t key) noexcept:
+        """The slot holding `key`, or the empty slot where it belongs (linear probing)."""
         cdef Py_ssize_t mask = self.capacity - 1
         cdef Py_ssize_t i = <Py_ssize_t>(key & mask)
-        while self.slots[i] != 0:
-            if self.slots[i] == key:
-                return False
+        while self.slots[i] != 0 and self.slots[i] != key:
             i = (i + 1) & mask
+        return i
+
+    cdef bint add(self, uint64_t key) except -1:
+        """Add `key`; False if it was there already."""
+        cdef Py_ssize_t i = self._slot(key)
+        if self.slots[i] == key:
+            return False
         self.slots[i] = key
         self.size += 1
         if 2 * self.size > self.capacity:  # at most half full, so probes stay short
@@ -120,13 +125,7 @@ cdef class HourSet:
         return self.add(key)
 
     def __contains__(self, uint64_t key):
-        cdef Py_ssize_t mask = self.capacity - 1
-        cdef Py_ssize_t i = <Py_ssize_t>(key & mask)
-        while self.slots[i] != 0:
-            if self.slots[i] == key:
-                return True
-            i = (i + 1) & mask
-        return False
+        return self.slots[self._slot(key)] == key
 
     def __len__(self):
         return self.size
