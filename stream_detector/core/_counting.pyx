@@ -7,7 +7,10 @@ of their cost. They are written against `PartitionDetector`'s state, which
 owns their meaning; see `detector.py` for the rules they apply.
 """
 
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
 from cpython.long cimport PyLong_AsLongLongAndOverflow
+from cpython.unicode cimport PyUnicode_DecodeUTF8
+from libc.string cimport memcmp
 
 from stream_detector.core.reporters cimport HourSet, ReporterFilter, pair_key
 
@@ -30,6 +33,186 @@ cdef Py_ssize_t C_MAX_MESSAGE_BYTES = MAX_MESSAGE_BYTES
 cdef Py_ssize_t C_MAX_FIELD_CHARS = MAX_FIELD_CHARS
 _loads = orjson.loads
 _JSONDecodeError = orjson.JSONDecodeError
+
+
+# --- the common report, read straight from its bytes -----------------------
+#
+# Nearly every message is a flat JSON object of short plain strings and one
+# integer. `scan_report` reads such a message without building a dict or a
+# string per field name: it finds the five fields and checks that the whole
+# message is JSON. Anything it does not fully understand (an escape, a
+# nested value, a float timestamp, a byte that is not ASCII outside the five
+# fields, a malformed message) makes it give up, and the message takes the
+# exact path (`orjson.loads`, and `decode_report` to name what is wrong), so
+# what is accepted never differs from what orjson and `decode_report` accept.
+
+cdef struct Text:
+    const unsigned char* start
+    Py_ssize_t size
+    bint present  # the field occurs, as a string; absent and null are both "not present"
+
+
+cdef struct Scanned:
+    Text service, region, problem, reporter
+    long long ts
+    bint has_ts
+
+
+cdef inline Py_ssize_t skip_space(const unsigned char* p, Py_ssize_t i, Py_ssize_t n) noexcept nogil:
+    while i < n and (p[i] == 32 or p[i] == 9 or p[i] == 10 or p[i] == 13):
+        i += 1
+    return i
+
+
+cdef inline Py_ssize_t scan_string(const unsigned char* p, Py_ssize_t i, Py_ssize_t n,
+                                   bint* ascii) noexcept nogil:
+    """Index after the closing quote of the plain string starting after p[i - 1] == '"';
+    -1 for an escape, a control character or no end."""
+    ascii[0] = True
+    while i < n:
+        if p[i] == 34:  # '"'
+            return i + 1
+        if p[i] == 92 or p[i] < 32:  # '\\' or a control character
+            return -1
+        if p[i] >= 128:
+            ascii[0] = False
+        i += 1
+    return -1
+
+
+cdef inline Py_ssize_t scan_number(const unsigned char* p, Py_ssize_t i, Py_ssize_t n,
+                                   bint* integer) noexcept nogil:
+    """Index after the JSON number at p[i]; -1 if it is not one."""
+    cdef Py_ssize_t digits
+    integer[0] = True
+    if i < n and p[i] == 45:  # '-'
+        i += 1
+    if i < n and p[i] == 48:  # '0' stands alone
+        i += 1
+    elif i < n and 49 <= p[i] <= 57:
+        while i < n and 48 <= p[i] <= 57:
+            i += 1
+    else:
+        return -1
+    if i < n and p[i] == 46:  # '.'
+        integer[0] = False
+        i += 1
+        digits = i
+        while i < n and 48 <= p[i] <= 57:
+            i += 1
+        if i == digits:
+            return -1
+    if i < n and (p[i] == 101 or p[i] == 69):  # 'e' or 'E'
+        integer[0] = False
+        i += 1
+        if i < n and (p[i] == 43 or p[i] == 45):
+            i += 1
+        digits = i
+        while i < n and 48 <= p[i] <= 57:
+            i += 1
+        if i == digits:
+            return -1
+    return i
+
+
+cdef inline bint is_key(const unsigned char* key, Py_ssize_t size, const char* name,
+                        Py_ssize_t name_size) noexcept nogil:
+    return size == name_size and memcmp(key, name, name_size) == 0
+
+
+cdef bint scan_report(const unsigned char* p, Py_ssize_t n, Scanned* out) noexcept nogil:
+    """Read a common report; False where the exact path must decide."""
+    cdef Py_ssize_t i, key_at, key_size, value_at, end
+    cdef bint ascii, integer, is_string, is_null
+    cdef Text* text
+    cdef long long ts
+    out.service.present = out.region.present = out.problem.present = False
+    out.reporter.present = out.has_ts = False
+    i = skip_space(p, 0, n)
+    if i >= n or p[i] != 123:  # '{'
+        return False
+    i = skip_space(p, i + 1, n)
+    if i < n and p[i] == 125:  # '}': no fields, so no service
+        return False
+    while True:
+        if i >= n or p[i] != 34:
+            return False
+        key_at = i + 1
+        i = scan_string(p, key_at, n, &ascii)
+        if i < 0 or not ascii:
+            return False
+        key_size = i - 1 - key_at
+        i = skip_space(p, i, n)
+        if i >= n or p[i] != 58:  # ':'
+            return False
+        i = skip_space(p, i + 1, n)
+        if i >= n:
+            return False
+        value_at = i
+        is_string = is_null = False
+        integer = False
+        if p[i] == 34:
+            is_string = True
+            i = scan_string(p, i + 1, n, &ascii)
+        elif p[i] == 45 or 48 <= p[i] <= 57:
+            i = scan_number(p, i, n, &integer)
+        elif n - i >= 4 and memcmp(p + i, b"null", 4) == 0:
+            is_null = True
+            i += 4
+        elif n - i >= 4 and memcmp(p + i, b"true", 4) == 0:
+            i += 4
+        elif n - i >= 5 and memcmp(p + i, b"false", 5) == 0:
+            i += 5
+        else:
+            return False  # a nested value, or not JSON
+        if i < 0:
+            return False
+        text = NULL
+        if is_key(p + key_at, key_size, b"service", 7):
+            text = &out.service
+        elif is_key(p + key_at, key_size, b"region", 6):
+            text = &out.region
+        elif is_key(p + key_at, key_size, b"problem", 7):
+            text = &out.problem
+        elif is_key(p + key_at, key_size, b"reporter", 8):
+            text = &out.reporter
+        elif is_key(p + key_at, key_size, b"ts", 2):
+            # Epoch milliseconds of at most 18 digits; anything else is for the exact path.
+            if not integer or p[value_at] == 45 or i - value_at > 18:
+                return False
+            ts = 0
+            for end in range(value_at, i):
+                ts = ts * 10 + (p[end] - 48)
+            out.ts = ts
+            out.has_ts = True
+        elif is_string and not ascii:
+            return False  # its UTF-8 would need checking
+        if text != NULL:
+            if is_string:
+                text.start = p + value_at + 1
+                text.size = i - value_at - 2
+                text.present = True
+            elif is_null:
+                text.present = False  # a later duplicate key wins, as in orjson
+            else:
+                return False
+        i = skip_space(p, i, n)
+        if i >= n:
+            return False
+        if p[i] == 44:  # ','
+            i = skip_space(p, i + 1, n)
+            continue
+        if p[i] != 125:
+            return False
+        break
+    return skip_space(p, i + 1, n) == n and out.service.present and out.has_ts
+
+
+cdef inline object text_of(Text* text):
+    """The field as a str (None when absent); raises UnicodeDecodeError for bad UTF-8."""
+    if not text.present:
+        return None
+    return PyUnicode_DecodeUTF8(<const char*>text.start, text.size, NULL)
 
 
 cdef inline bint optional_text(object value) noexcept:
@@ -73,6 +256,7 @@ def count_reports(detector, values, wall_ms):
     cdef long long bucket_start = -1, bucket_end = -1, bucket_late_ms = -1
     cdef long long hour_start = -1, hour_end = -1, ts_ms = 0
     cdef int overflow = 0
+    cdef bint ts_is_int = False
     cdef Py_ssize_t index = 0, size
     cdef long long late = 0, duplicate = 0
     cdef object bucket = None
@@ -80,30 +264,46 @@ def count_reports(detector, values, wall_ms):
     cdef list invalid = []
     cdef object doc, service, ts, region, problem, reporter, counts
     cdef dict regions, problems
-    cdef bytes raw
+    cdef object raw
+    cdef Scanned scanned
     try:
         for raw in values:
             size = len(raw)
-            doc = None
-            if size <= C_MAX_MESSAGE_BYTES:
+            service = None  # fails the check below, so the exact path names the problem
+            if type(raw) is bytes and size <= C_MAX_MESSAGE_BYTES and scan_report(
+                <const unsigned char*>PyBytes_AS_STRING(raw), size, &scanned
+            ):
                 try:
-                    doc = _loads(raw)
-                except _JSONDecodeError:
-                    pass
-            service = None  # fails the check below, so decode_report names the problem
-            if type(doc) is dict:
-                service = (<dict>doc).get("service")
-                ts = (<dict>doc).get("ts")
-                region = (<dict>doc).get("region")
-                problem = (<dict>doc).get("problem")
-                reporter = (<dict>doc).get("reporter")
-                if type(ts) is int:
-                    ts_ms = PyLong_AsLongLongAndOverflow(ts, &overflow)
+                    service = text_of(&scanned.service)
+                    region = text_of(&scanned.region)
+                    problem = text_of(&scanned.problem)
+                    reporter = text_of(&scanned.reporter)
+                    ts_ms = scanned.ts
+                    ts_is_int = True
+                except UnicodeDecodeError:
+                    service = None
+            if service is None:
+                doc = None
+                if size <= C_MAX_MESSAGE_BYTES:
+                    try:
+                        doc = _loads(raw)
+                    except _JSONDecodeError:
+                        pass
+                if type(doc) is dict:
+                    service = (<dict>doc).get("service")
+                    ts = (<dict>doc).get("ts")
+                    region = (<dict>doc).get("region")
+                    problem = (<dict>doc).get("problem")
+                    reporter = (<dict>doc).get("reporter")
+                    ts_is_int = type(ts) is int
+                    if ts_is_int:
+                        ts_ms = PyLong_AsLongLongAndOverflow(ts, &overflow)
+                        ts_is_int = not overflow
             # The common shape of a report, checked inline. A message of at
             # most MAX_FIELD_CHARS bytes cannot hold a longer string.
             if not (
                 type(service) is str and len(<str>service) > 0
-                and type(ts) is int and not overflow and C_MIN_TS_MS <= ts_ms <= newest_ms
+                and ts_is_int and C_MIN_TS_MS <= ts_ms <= newest_ms
                 and optional_text(region) and optional_text(problem) and optional_text(reporter)
                 and (size <= C_MAX_FIELD_CHARS
                      or (fits(service) and fits(region) and fits(problem) and fits(reporter)))

@@ -351,3 +351,91 @@ def test_a_daily_peak_pages_at_first_and_is_learned_within_a_week():
     assert sum(incidents_by_day[:3]) == 0, incidents_by_day
     assert sum(incidents_by_day[10:17]) == 0, incidents_by_day  # a week later it is normal
 
+
+
+# JSON texts of reports with at most one odd part each, written by hand so
+# that they vary in what a byte reader could get wrong: spacing, escapes,
+# text that is not UTF-8, duplicate keys, nested and odd-typed values, and
+# numbers of every form. A plain part is one the reader handles itself; an
+# odd one is what it must leave to orjson and decode_report.
+_SPACE = st.sampled_from(["", " ", "\n", "\t ", "\r\n"])
+_PLAIN_TEXT = st.sampled_from(['"x"', '"US"', '"a81f"', '"東京"', '"login"'])
+_ODD_TEXT = st.one_of(
+    st.sampled_from(['""', '"caf\\u00e9"', '"a\\"b"', '"\\ud83d\\ude00"', '"tab\\tin"',
+                     '"\\u0000"', '"x\u0001"', '"a@NOT-UTF-8@"', '"@NOT-UTF-8@"']),
+    st.text(max_size=6).map(lambda t: orjson.dumps(t).decode()),
+)
+_ODD_NUMBER = st.sampled_from(["-1", "0", "01", "1.5", "1e3", "-", "1767571200971.0", "1E+2",
+                               "17675712009710000000000", "-0.5e-3", str(-T0), "1767571200001x"])
+_ODD_VALUE = st.one_of(_ODD_TEXT, _ODD_NUMBER, st.sampled_from(
+    ["null", "true", "false", "[]", '{"a": [1]}', "nul", "NaN", '"x" "y"', "", "{"]))
+_ODD_KEY = st.sampled_from(['"caf\\u00e9"', '"ünï"', '"servic\\u0065"', '"a@NOT-UTF-8@"',
+                            '"extra"', "extra", '""'])
+_PLACES = ["service", "ts", "region", "problem", "reporter"]
+
+
+@st.composite
+def _json_objects(draw) -> bytes:
+    fields = [("service", draw(_PLAIN_TEXT)), ("ts", str(T0 + 1))]
+    fields += [(name, draw(_PLAIN_TEXT)) for name in ("region", "problem", "reporter")
+               if draw(st.booleans())]
+    odd = draw(st.sampled_from(["none", "value", "extra", "duplicate", "key", "around",
+                                "not UTF-8"]))
+    if odd == "not UTF-8":  # in any field's value, known or not
+        name = draw(st.sampled_from([*_PLACES, "extra"]))
+        fields = [(n, v) for n, v in fields if n != name] + [(name, '"a@NOT-UTF-8@"')]
+    elif odd == "value":  # one of the five fields holds an odd value
+        name = draw(st.sampled_from(_PLACES))
+        fields = [(n, v) for n, v in fields if n != name] + [(name, draw(_ODD_VALUE))]
+    elif odd == "extra":  # an unknown field, with any value
+        fields.append(("extra", draw(st.one_of(_PLAIN_TEXT, _ODD_VALUE))))
+    elif odd == "duplicate":  # a field again; JSON's last one wins
+        again = draw(st.one_of(st.just("null"), _PLAIN_TEXT, _ODD_VALUE))
+        fields.append((draw(st.sampled_from([n for n, _ in fields])), again))
+    fields = draw(st.permutations(fields))
+    items = [f'"{name}"{draw(_SPACE)}:{draw(_SPACE)}{value}' for name, value in fields]
+    if odd == "key":  # an odd field name
+        items.append(f"{draw(_ODD_KEY)}:{draw(_PLAIN_TEXT)}")
+    sep = draw(_SPACE)
+    text = sep + "{" + sep + f"{sep},{sep}".join(items) + sep + "}" + draw(_SPACE)
+    if odd == "around":  # something before or after the object
+        text = draw(st.sampled_from(["[", "", "\ufeff"])) + text + draw(
+            st.sampled_from(["", "}", ",", "x", "\x00"]))
+    # Bytes that are not UTF-8: a stray byte, a cut sequence, a surrogate.
+    not_utf8 = draw(st.sampled_from([b"\xff", b"\xc3", b"\xed\xa0\x80"]))
+    return text.encode().replace(b"@NOT-UTF-8@", not_utf8)
+
+
+@st.composite
+def _mutated(draw) -> bytes:
+    raw = bytearray(draw(VALID))
+    for _ in range(draw(st.integers(1, 3))):
+        at = draw(st.integers(0, len(raw) - 1))
+        change = draw(st.sampled_from(["drop", "replace", "insert"]))
+        if change == "drop":
+            del raw[at]
+        else:
+            byte = draw(st.sampled_from(b' "{}:,\\0-9a\x00\x7f\xc3\xa9\xff'))
+            raw[at:at + (change == "replace")] = bytes([byte])
+    return bytes(raw)
+
+
+@settings(max_examples=600, deadline=None)
+@given(st.one_of(_json_objects(), _mutated()))
+def test_reading_report_bytes_agrees_with_orjson_and_decode_report(raw):
+    """Counting reads common reports from their bytes; what it accepts, and the
+    reason it gives for what it refuses, must be exactly decode_report's."""
+    d = detector()
+    try:
+        service, ts, region, problem, reporter = decode_report(raw)
+    except InvalidReport as exc:
+        with pytest.raises(InvalidReport) as info:
+            d.add(raw, wall_ms=T0)
+        assert (info.value.reason, info.value.detail) == (exc.reason, exc.detail)
+        return
+    if ts > T0 + 3_600_000:
+        return  # refused as in the future, which decode_report does not know
+    assert d.add(raw, wall_ms=T0) == ACCEPTED
+    regions = {region: 1} if region else {}
+    problems = {problem: 1} if problem else {}
+    assert d.counter.open == {ts - ts % MINUTE: {service: [1, regions, problems]}}
