@@ -80,10 +80,18 @@ cdef inline Py_ssize_t scan_string(const unsigned char* p, Py_ssize_t i, Py_ssiz
     return -1
 
 
+cdef inline Py_ssize_t scan_digits(const unsigned char* p, Py_ssize_t i,
+                                   Py_ssize_t n) noexcept nogil:
+    """Index after the one or more digits at p[i]; -1 if there are none."""
+    cdef Py_ssize_t start = i
+    while i < n and 48 <= p[i] <= 57:
+        i += 1
+    return i if i > start else -1
+
+
 cdef inline Py_ssize_t scan_number(const unsigned char* p, Py_ssize_t i, Py_ssize_t n,
                                    bint* integer) noexcept nogil:
     """Index after the JSON number at p[i]; -1 if it is not one."""
-    cdef Py_ssize_t digits
     integer[0] = True
     if i < n and p[i] == 45:  # '-'
         i += 1
@@ -96,22 +104,15 @@ cdef inline Py_ssize_t scan_number(const unsigned char* p, Py_ssize_t i, Py_ssiz
         return -1
     if i < n and p[i] == 46:  # '.'
         integer[0] = False
-        i += 1
-        digits = i
-        while i < n and 48 <= p[i] <= 57:
-            i += 1
-        if i == digits:
+        i = scan_digits(p, i + 1, n)
+        if i < 0:
             return -1
     if i < n and (p[i] == 101 or p[i] == 69):  # 'e' or 'E'
         integer[0] = False
         i += 1
         if i < n and (p[i] == 43 or p[i] == 45):
             i += 1
-        digits = i
-        while i < n and 48 <= p[i] <= 57:
-            i += 1
-        if i == digits:
-            return -1
+        i = scan_digits(p, i, n)
     return i
 
 
