@@ -1,8 +1,9 @@
 """Throughput of the detector against a bare aiokafka consume-and-decode loop.
 
 Fills one topic on the embedded broker with N reports over S services, then
-consumes it, alternating, with (a) a bare aiokafka consumer that only runs
-`orjson.loads` on every message and (b) the detector's own consume loop
+consumes it, alternating, with (a) a bare aiokafka consumer, with the
+detector's fetch settings, that only runs `orjson.loads` on every message
+and (b) the detector's own consume loop
 (decode, validate, reporter rule, buckets, scoring, alerts, commits). Each
 run uses a fresh consumer group, so both read the same messages from the
 broker. Prints the median events per second of each and their ratio.
@@ -26,7 +27,7 @@ from kafka_bench import consume_all, fill_topic
 from stream_detector.app import tune_gc
 from stream_detector.config import load_settings
 from stream_detector.embedded import EmbeddedBroker
-from stream_detector.io.kafka import DetectorService
+from stream_detector.io.kafka import CONSUMER_FETCH, DetectorService
 
 T0 = 1_767_571_200_000
 TOPIC = "bench-reports"
@@ -62,7 +63,7 @@ async def fill(bootstrap: str, n: int, services: int, partitions: int, hours: fl
 async def bare_loop(bootstrap: str, n: int, group: str) -> float:
     consumer = AIOKafkaConsumer(TOPIC, bootstrap_servers=bootstrap, group_id=group,
                                 auto_offset_reset="earliest", enable_auto_commit=False,
-                                max_partition_fetch_bytes=4 * 1024 * 1024)
+                                **CONSUMER_FETCH)
     await consumer.start()
     seen = 0
     started = None
