@@ -1,13 +1,13 @@
 # cython: language_level=3, boundscheck=False, wraparound=False
-"""The detector's two per-item loops, compiled: counting reports, and listing a bucket's series.
+"""The detector's per-item loops, compiled: reading and counting reports, listing a bucket's series.
 
-Both run once per report or once per series and bucket, so at a few
+They run once per report or once per series and bucket, so at a few
 hundred thousand reports a second the interpreter's own overhead was most
 of their cost. They are written against `PartitionDetector`'s state, which
 owns their meaning; see `detector.py` for the rules they apply.
 """
 
-from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
+from cpython.bytes cimport PyBytes_AS_STRING
 from cpython.long cimport PyLong_AsLongLongAndOverflow
 from cpython.unicode cimport PyUnicode_DecodeUTF8
 from libc.string cimport memcmp
@@ -269,7 +269,7 @@ def count_reports(detector, values, wall_ms):
     cdef Scanned scanned
     try:
         for raw in values:
-            size = len(raw)
+            size = len(raw) if raw is not None else 0
             service = None  # fails the check below, so the exact path names the problem
             if type(raw) is bytes and size <= C_MAX_MESSAGE_BYTES and scan_report(
                 <const unsigned char*>PyBytes_AS_STRING(raw), size, &scanned
@@ -285,7 +285,7 @@ def count_reports(detector, values, wall_ms):
                     service = None
             if service is None:
                 doc = None
-                if size <= C_MAX_MESSAGE_BYTES:
+                if raw is not None and size <= C_MAX_MESSAGE_BYTES:
                     try:
                         doc = _loads(raw)
                     except _JSONDecodeError:

@@ -1,7 +1,7 @@
 """Decoding report messages: bytes in, a validated report or a reason out.
 
-`decode_report` is the definition of a valid report. The detector's batch
-loop (`PartitionDetector._count`) checks the common shape of a report inline
+`decode_report` is the definition of a valid report. The detector's counting
+loop (`_counting.count_reports`) reads the common shape of a report itself
 and calls it only for the rest, to name what is wrong or to convert an ISO
 timestamp, so a change to what is valid here must be made there too
 (tests/unit/test_detector.py checks that the two agree).
@@ -44,7 +44,7 @@ class InvalidReport(ValueError):
 Report = tuple[str, int, "str | None", "str | None", "str | None"]
 
 
-def decode_report(raw: bytes) -> Report:
+def decode_report(raw: bytes | None) -> Report:
     """Validate one message value.
 
     >>> decode_report(b'{"service": "x", "ts": 1767571200971, "region": "US"}')
@@ -56,6 +56,8 @@ def decode_report(raw: bytes) -> Report:
     ...
     stream_detector.core.events.InvalidReport: missing_field: 'service' is required
     """
+    if raw is None:  # a Kafka message may have no value at all
+        raise InvalidReport(NOT_JSON, "the message has no value")
     if len(raw) > MAX_MESSAGE_BYTES:
         raise InvalidReport(TOO_LARGE, f"message of {len(raw)} bytes exceeds {MAX_MESSAGE_BYTES}")
     try:

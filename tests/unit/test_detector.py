@@ -439,3 +439,10 @@ def test_reading_report_bytes_agrees_with_orjson_and_decode_report(raw):
     regions = {region: 1} if region else {}
     problems = {problem: 1} if problem else {}
     assert d.counter.open == {ts - ts % MINUTE: {service: [1, regions, problems]}}
+
+
+def test_a_message_without_a_value_is_refused_and_the_batch_goes_on():
+    d = detector()
+    counts, invalid = d.add_many([None, report(ts=T0 + 1)])
+    assert counts[ACCEPTED] == 1 and counts[INVALID] == 1
+    assert [(index, exc.reason) for index, exc in invalid] == [(0, "not_json")]
