@@ -269,3 +269,15 @@ def test_the_poisson_tail_errs_only_on_the_cautious_side(m, below):
     lower = -norm.ppf(poisson.cdf(0, m))  # P(X <= 0)
     if lower < 7:
         assert lower - max(below, 0.2) < kernel.poisson_lower_z(0, m) < lower + 0.02
+
+
+def test_the_bank_refuses_rows_and_values_the_kernel_would_read_past():
+    bank = sp.SeasonalPoissonBank(60)
+    row = bank.add()
+    with pytest.raises(IndexError):
+        bank.score(np.array([row + 1]), T0, np.array([1.0]))
+    with pytest.raises(ValueError, match="values"):
+        bank.score(np.array([row, row]), T0, np.array([1.0]))
+    bank.score(np.array([row]), T0, np.array([1.0]))
+    with pytest.raises(ValueError, match="weights"):
+        bank.learn(np.array([1.0, 1.0]))

@@ -271,9 +271,11 @@ class SeasonalPoissonBank:
     def score(
         self, rows: np.ndarray, t: float, x: np.ndarray, catch_up: bool = False
     ) -> BankScores:
-        rows = np.ascontiguousarray(rows, dtype=np.intp)
+        rows = self._checked_rows(rows)
         x = np.ascontiguousarray(x, dtype=float)
         n = len(rows)
+        if x.shape != (n,):
+            raise ValueError(f"{len(x)} values for {n} rows")
         score, expected, spread, raw = (np.empty(n) for _ in range(4))
         # With catch_up the kernel stores each row's gap at once; learn() must follow.
         self.kernel.score(self.data, rows, float(t), x, catch_up, score, expected, spread, raw)
@@ -285,6 +287,8 @@ class SeasonalPoissonBank:
         rows, t, x, expected, raw = self._scored
         self._scored = None
         w = np.ones(len(rows)) if weights is None else np.ascontiguousarray(weights, dtype=float)
+        if w.shape != rows.shape:
+            raise ValueError(f"{len(w)} weights for {len(rows)} rows")
         self.kernel.learn(self.data, rows, t, x, expected, raw, w)
 
     def learn_zeros(self, rows: np.ndarray, t_start: np.ndarray, t_end: float) -> None:
@@ -292,9 +296,19 @@ class SeasonalPoissonBank:
 
         The cost grows with the number of rows, never with the number of buckets.
         """
-        self.kernel.learn_zeros(self.data, np.ascontiguousarray(rows, dtype=np.intp),
-                                np.ascontiguousarray(t_start, dtype=float), float(t_end))
+        rows = self._checked_rows(rows)
+        t_start = np.ascontiguousarray(t_start, dtype=float)
+        if t_start.shape != rows.shape:
+            raise ValueError(f"{len(t_start)} start times for {len(rows)} rows")
+        self.kernel.learn_zeros(self.data, rows, t_start, float(t_end))
         self._scored = None
+
+    def _checked_rows(self, rows: np.ndarray) -> np.ndarray:
+        """Row numbers the compiled kernel may index without checking each (it does not)."""
+        rows = np.ascontiguousarray(rows, dtype=np.intp)
+        if len(rows) and not (rows.min() >= 0 and rows.max() < self.size):
+            raise IndexError(f"rows must be in 0..{self.size - 1}")
+        return rows
 
     # --- state -------------------------------------------------------------
 
