@@ -41,8 +41,9 @@ _JSONDecodeError = orjson.JSONDecodeError
 # integer. `scan_report` reads such a message without building a dict or a
 # string per field name: it finds the five fields and checks that the whole
 # message is JSON. Anything it does not fully understand (an escape, a
-# nested value, a float timestamp, a byte that is not ASCII outside the five
-# fields, a malformed message) makes it give up, and the message takes the
+# nested value, a float timestamp, a number with an exponent or over 18
+# integer digits, a field given twice, a byte that is not ASCII outside the
+# five fields, a malformed message) makes it give up, and the message takes the
 # exact path (`orjson.loads`, and `decode_report` to name what is wrong), so
 # what is accepted never differs from what orjson and `decode_report` accept.
 
@@ -90,16 +91,25 @@ cdef inline Py_ssize_t scan_digits(const unsigned char* p, Py_ssize_t i,
 
 
 cdef inline Py_ssize_t scan_number(const unsigned char* p, Py_ssize_t i, Py_ssize_t n,
-                                   bint* integer) noexcept nogil:
-    """Index after the JSON number at p[i]; -1 if it is not one."""
+                                   bint* integer, bint* plain) noexcept nogil:
+    """Index after the JSON number at p[i]; -1 if it is not one.
+
+    `plain`: no exponent and at most 18 digits before the point, so orjson
+    cannot find it beyond a double's range (it refuses those).
+    """
+    cdef Py_ssize_t start
     integer[0] = True
+    plain[0] = True
     if i < n and p[i] == 45:  # '-'
         i += 1
+    start = i
     if i < n and p[i] == 48:  # '0' stands alone
         i += 1
     elif i < n and 49 <= p[i] <= 57:
         while i < n and 48 <= p[i] <= 57:
             i += 1
+        if i - start > 18:
+            plain[0] = False
     else:
         return -1
     if i < n and p[i] == 46:  # '.'
@@ -109,6 +119,7 @@ cdef inline Py_ssize_t scan_number(const unsigned char* p, Py_ssize_t i, Py_ssiz
             return -1
     if i < n and (p[i] == 101 or p[i] == 69):  # 'e' or 'E'
         integer[0] = False
+        plain[0] = False
         i += 1
         if i < n and (p[i] == 43 or p[i] == 45):
             i += 1
@@ -124,9 +135,10 @@ cdef inline bint is_key(const unsigned char* key, Py_ssize_t size, const char* n
 cdef bint scan_report(const unsigned char* p, Py_ssize_t n, Scanned* out) noexcept nogil:
     """Read a common report; False where the exact path must decide."""
     cdef Py_ssize_t i, key_at, key_size, value_at, end
-    cdef bint ascii, integer, is_string, is_null
+    cdef bint ascii, integer, plain, is_string, is_null
     cdef Text* text
     cdef long long ts
+    cdef int field, seen = 0
     out.service.present = out.region.present = out.problem.present = False
     out.reporter.present = out.has_ts = False
     i = skip_space(p, 0, n)
@@ -152,11 +164,12 @@ cdef bint scan_report(const unsigned char* p, Py_ssize_t n, Scanned* out) noexce
         value_at = i
         is_string = is_null = False
         integer = False
+        plain = True
         if p[i] == 34:
             is_string = True
             i = scan_string(p, i + 1, n, &ascii)
         elif p[i] == 45 or 48 <= p[i] <= 57:
-            i = scan_number(p, i, n, &integer)
+            i = scan_number(p, i, n, &integer, &plain)
         elif n - i >= 4 and memcmp(p + i, b"null", 4) == 0:
             is_null = True
             i += 4
@@ -169,15 +182,17 @@ cdef bint scan_report(const unsigned char* p, Py_ssize_t n, Scanned* out) noexce
         if i < 0:
             return False
         text = NULL
+        field = 0
         if is_key(p + key_at, key_size, b"service", 7):
-            text = &out.service
+            text, field = &out.service, 1
         elif is_key(p + key_at, key_size, b"region", 6):
-            text = &out.region
+            text, field = &out.region, 2
         elif is_key(p + key_at, key_size, b"problem", 7):
-            text = &out.problem
+            text, field = &out.problem, 4
         elif is_key(p + key_at, key_size, b"reporter", 8):
-            text = &out.reporter
+            text, field = &out.reporter, 8
         elif is_key(p + key_at, key_size, b"ts", 2):
+            field = 16
             # Epoch milliseconds of at most 18 digits; anything else is for the exact path.
             if not integer or p[value_at] == 45 or i - value_at > 18:
                 return False
@@ -188,14 +203,19 @@ cdef bint scan_report(const unsigned char* p, Py_ssize_t n, Scanned* out) noexce
             out.has_ts = True
         elif is_string and not ascii:
             return False  # its UTF-8 would need checking
+        if not plain:
+            return False  # a number orjson might find beyond a double's range
+        if field & seen:
+            # A field given twice: orjson keeps the last value but still
+            # checks the first, whose text this reader would not decode.
+            return False
+        seen |= field
         if text != NULL:
             if is_string:
                 text.start = p + value_at + 1
                 text.size = i - value_at - 2
                 text.present = True
-            elif is_null:
-                text.present = False  # a later duplicate key wins, as in orjson
-            else:
+            elif not is_null:
                 return False
         i = skip_space(p, i, n)
         if i >= n:

@@ -366,7 +366,8 @@ _ODD_TEXT = st.one_of(
     st.text(max_size=6).map(lambda t: orjson.dumps(t).decode()),
 )
 _ODD_NUMBER = st.sampled_from(["-1", "0", "01", "1.5", "1e3", "-", "1767571200971.0", "1E+2",
-                               "17675712009710000000000", "-0.5e-3", str(-T0), "1767571200001x"])
+                               "17675712009710000000000", "-0.5e-3", str(-T0), "1767571200001x",
+                               "1e999", "-1.0e309", "9" * 400])
 _ODD_VALUE = st.one_of(_ODD_TEXT, _ODD_NUMBER, st.sampled_from(
     ["null", "true", "false", "[]", '{"a": [1]}', "nul", "NaN", '"x" "y"', "", "{"]))
 _ODD_KEY = st.sampled_from(['"caf\\u00e9"', '"ünï"', '"servic\\u0065"', '"a@NOT-UTF-8@"',
@@ -389,9 +390,11 @@ def _json_objects(draw) -> bytes:
         fields = [(n, v) for n, v in fields if n != name] + [(name, draw(_ODD_VALUE))]
     elif odd == "extra":  # an unknown field, with any value
         fields.append(("extra", draw(st.one_of(_PLAIN_TEXT, _ODD_VALUE))))
-    elif odd == "duplicate":  # a field again; JSON's last one wins
-        again = draw(st.one_of(st.just("null"), _PLAIN_TEXT, _ODD_VALUE))
-        fields.append((draw(st.sampled_from([n for n, _ in fields])), again))
+    elif odd == "duplicate":  # a field again; JSON's last one wins, the first is checked
+        name = draw(st.sampled_from([n for n, _ in fields]))
+        if draw(st.booleans()):
+            fields = [(n, '"a@NOT-UTF-8@"' if n == name else v) for n, v in fields]
+        fields.append((name, draw(st.one_of(st.just("null"), _PLAIN_TEXT, _ODD_VALUE))))
     fields = draw(st.permutations(fields))
     items = [f'"{name}"{draw(_SPACE)}:{draw(_SPACE)}{value}' for name, value in fields]
     if odd == "key":  # an odd field name
@@ -425,6 +428,26 @@ def _mutated(draw) -> bytes:
 def test_reading_report_bytes_agrees_with_orjson_and_decode_report(raw):
     """Counting reads common reports from their bytes; what it accepts, and the
     reason it gives for what it refuses, must be exactly decode_report's."""
+    _agrees_with_decode_report(raw)
+
+
+@pytest.mark.parametrize("raw", [
+    # A field given twice: orjson checks the first value too.
+    b'{"service":"a\xff","service":"x","ts":1767571200000}',
+    b'{"service":"x","ts":1767571200000,"region":"\xed\xa0\x80","region":null}',
+    b'{"service":"x","ts":1767571200000,"ts":1767571200001}',
+    # Numbers beyond a double's range, which orjson refuses, in any field.
+    b'{"service":"s","":1e999,"ts":1767571200000}',
+    b'{"service":"s","n":1.0e309,"ts":1767571200000}',
+    b'{"service":"s","n":' + b"9" * 400 + b',"ts":1767571200000}',
+    b'{"service":"s","n":-0.5e-3,"ts":1767571200000}',
+    b'{"service":"s","n":' + b"9" * 19 + b',"ts":1767571200000}',
+])
+def test_reading_report_bytes_agrees_on_cases_a_review_found(raw):
+    _agrees_with_decode_report(raw)
+
+
+def _agrees_with_decode_report(raw: bytes) -> None:
     d = detector()
     try:
         service, ts, region, problem, reporter = decode_report(raw)
