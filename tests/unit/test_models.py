@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import pickle
 import random
+from datetime import UTC, datetime
 
 import numpy as np
 import pytest
@@ -249,6 +250,26 @@ def test_calendar_slots_are_utc_hours_split_by_weekday_and_weekend():
     assert kernel.calendar_slot(T0 + 4 * 86_400 + 23 * 3600 + 3599) == 23  # Friday 23:59:59
     assert kernel.calendar_slot(T0 + 5 * 86_400 + 13 * 3600) == 37  # Saturday 13:00
     assert kernel.calendar_slot(T0 + 7 * 86_400) == 0  # Monday again
+
+
+@given(st.integers(-3 * 365 * 86_400, 3 * 365 * 86_400))
+def test_calendar_slots_hold_before_1970_too(t):
+    """`backtest --input` takes any timestamp; C's division rounds toward zero."""
+    when = datetime.fromtimestamp(t, UTC)
+    assert kernel.calendar_slot(t) == when.hour + (24 if when.weekday() >= 5 else 0)
+    n = 200
+    walked = kernel.slot_counts(t - t % 60, n, 60, False)
+    assert kernel.slot_counts(t - t % 60, n, 60, True) == walked and sum(walked) == n
+
+
+def test_the_bank_refuses_times_it_cannot_place():
+    bank = sp.SeasonalPoissonBank(60)
+    row = bank.add()
+    for t in (math.nan, math.inf, 1e300):
+        with pytest.raises(ValueError, match="finite"):
+            bank.score(np.array([row]), t, np.array([1.0]))
+        with pytest.raises(ValueError, match="finite"):
+            bank.learn_zeros(np.array([row]), np.array([t]), T0)
 
 
 @pytest.mark.parametrize(

@@ -56,10 +56,17 @@ cdef double SQRT1_2 = 0.70710678118654752440
 cdef double HOURS_BEFORE[WEEK_HOURS + 1][SLOTS]
 
 
+cdef inline long long floor_div(long long a, long long b) noexcept nogil:
+    """a // b rounded down, as Python does (C rounds toward zero: times before 1970)."""
+    cdef long long q = a / b
+    return q - 1 if (a % b != 0) and ((a < 0) != (b < 0)) else q
+
+
 cdef inline int slot_of_hour(long long hour) noexcept nogil:
     """Profile slot of an epoch hour: hour of day, plus 24 on Saturdays and Sundays."""
-    cdef long long day = hour // 24
-    return <int>(hour % 24) + (24 if (day + EPOCH_WEEKDAY) % 7 >= 5 else 0)
+    cdef long long day = floor_div(hour, 24)
+    cdef long long weekday = (day + EPOCH_WEEKDAY) - 7 * floor_div(day + EPOCH_WEEKDAY, 7)
+    return <int>(hour - 24 * day) + (24 if weekday >= 5 else 0)
 
 
 cdef inline int slot_of_time(double t) noexcept nogil:
@@ -175,8 +182,8 @@ cdef void buckets_before(double t, double per_hour, double step, double* out) no
     """Buckets of each slot before time t, for buckets that tile whole hours:
     the whole hours before t's hour (from the week table), plus those of t's own hour."""
     cdef long long hours = <long long>floor(t / HOUR)
-    cdef long long weeks = hours // WEEK_HOURS
-    cdef long long r = hours % WEEK_HOURS
+    cdef long long weeks = floor_div(hours, WEEK_HOURS)
+    cdef long long r = hours - weeks * WEEK_HOURS
     cdef int s
     for s in range(SLOTS):
         out[s] = (weeks * HOURS_BEFORE[WEEK_HOURS][s] + HOURS_BEFORE[r][s]) * per_hour

@@ -272,6 +272,7 @@ class SeasonalPoissonBank:
         self, rows: np.ndarray, t: float, x: np.ndarray, catch_up: bool = False
     ) -> BankScores:
         rows = self._checked_rows(rows)
+        _check_times(t)
         x = np.ascontiguousarray(x, dtype=float)
         n = len(rows)
         if x.shape != (n,):
@@ -298,6 +299,7 @@ class SeasonalPoissonBank:
         """
         rows = self._checked_rows(rows)
         t_start = np.ascontiguousarray(t_start, dtype=float)
+        _check_times(t_end, t_start)
         if t_start.shape != rows.shape:
             raise ValueError(f"{len(t_start)} start times for {len(rows)} rows")
         self.kernel.learn_zeros(self.data, rows, t_start, float(t_end))
@@ -324,6 +326,18 @@ class SeasonalPoissonBank:
         self.data = data.reshape(state["rows"], self.row_floats).copy()
         self.size = state["rows"]
         self._scored = None
+
+
+# Epoch seconds the kernel's hour arithmetic takes (about 31 million years either way).
+_MAX_ABS_SECONDS = 1e15
+
+
+def _check_times(t: float, more: np.ndarray | None = None) -> None:
+    """Refuse times the kernel cannot place in a calendar slot (NaN, infinite, absurd)."""
+    if not abs(t) < _MAX_ABS_SECONDS or (
+        more is not None and len(more) and not (np.abs(more) < _MAX_ABS_SECONDS).all()
+    ):
+        raise ValueError("times must be finite epoch seconds")
 
 
 class SeasonalPoissonModel(SingleSeries):
