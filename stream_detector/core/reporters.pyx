@@ -15,6 +15,10 @@ insertion per report. Two pairs
 share a key with probability about n^2 / 2^65 (1 in 30 billion hours at a
 million pairs an hour); a report whose pair collides would be taken for a
 duplicate. The keys are the same in every process, so a snapshot carries them.
+The hash is not keyed: someone who crafts reporter ids that collide with
+another reporter's pair of the same service and hour could have that
+report counted as a duplicate; reporter ids are opaque, so this needs
+knowing them.
 """
 
 from cpython.bytes cimport PyBytes_FromStringAndSize
@@ -62,6 +66,16 @@ cdef uint64_t pair_key(str service, str reporter) except? 0:
 def reporter_key(str service, str reporter):
     """The key `ReporterFilter` keeps for a pair (for tests and snapshots of older formats)."""
     return pair_key(service, reporter)
+
+
+cdef inline uint64_t to_little_endian(uint64_t key) noexcept nogil:
+    """The key with its bytes in little-endian order (unchanged on little-endian machines)."""
+    cdef uint64_t out = 0
+    cdef unsigned char* b = <unsigned char*>&out
+    cdef int k
+    for k in range(8):
+        b[k] = (key >> (8 * k)) & 0xff
+    return out
 
 
 cdef int compare_keys(const void* a, const void* b) noexcept nogil:
@@ -142,6 +156,8 @@ cdef class HourSet:
                     keys[n] = self.slots[i]
                     n += 1
             qsort(keys, n, sizeof(uint64_t), compare_keys)
+            for i in range(n):
+                keys[i] = to_little_endian(keys[i])
             return PyBytes_FromStringAndSize(<char*>keys, n * sizeof(uint64_t))
         finally:
             PyMem_Free(keys)
@@ -153,7 +169,7 @@ cdef class HourSet:
         cdef const char* data = packed
         for i in range(n):
             memcpy(&key, data + i * sizeof(uint64_t), sizeof(uint64_t))
-            self.add(key)
+            self.add(to_little_endian(key))  # its own inverse
 
 
 cdef class ReporterFilter:
