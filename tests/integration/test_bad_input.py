@@ -50,9 +50,11 @@ def valid(rng: random.Random, i: int, ts: int) -> bytes:
     return orjson.dumps(doc)
 
 
-def malformed(rng: random.Random, i: int, ts: int, now_ms: int) -> tuple[bytes, str]:
-    """One malformed message (unique by `i`) and the reason it must be refused with."""
-    kind = i % 16
+def malformed(rng: random.Random, i: int, ts: int, now_ms: int) -> tuple[bytes | None, str]:
+    """One malformed message (unique by `i`, but for the empty ones) and its reason."""
+    kind = i % 17
+    if kind == 16:  # no value at all (a tombstone)
+        return None, "not_json"
     good = {"service": f"svc-{i % 20}", "ts": ts, "n": i}
     if kind == 0:  # truncated JSON
         raw = orjson.dumps(good)
@@ -98,11 +100,11 @@ def malformed(rng: random.Random, i: int, ts: int, now_ms: int) -> tuple[bytes, 
                                                   "2026-01-05T00:00:00"])}), "bad_timestamp"
 
 
-def build(seed: int) -> tuple[list[bytes], list[str | None]]:
+def build(seed: int) -> tuple[list[bytes | None], list[str | None]]:
     """TOTAL message values and the reason each must be refused with (None: valid)."""
     rng = random.Random(seed)
     now_ms = int(time.time() * 1000)
-    values: list[bytes] = []
+    values: list[bytes | None] = []
     reasons: list[str | None] = []
     bad = 0
     for i in range(TOTAL):
