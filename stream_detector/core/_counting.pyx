@@ -329,7 +329,6 @@ def count_reports(detector, values, wall_ms):
                 and (size <= C_MAX_FIELD_CHARS
                      or (fits(service) and fits(region) and fits(problem) and fits(reporter)))
             ):
-                overflow = 0
                 try:
                     service, ts, region, problem, reporter = decode_report(raw)
                     if ts > newest_ms:

@@ -140,10 +140,6 @@ def poisson_lower_z(double x, double m):
     return lower_z(x, m)
 
 
-def standard_normal_cdf(double z):
-    return normal_cdf(z)
-
-
 cdef void walk_slot_counts(double t_start, long long n, double step, double* counts) noexcept nogil:
     """Add how many of the `n` buckets starting at `t_start`, `step` apart, fall in each slot.
 
@@ -190,24 +186,30 @@ cdef void buckets_before(double t, double per_hour, double step, double* out) no
     out[slot_of_hour(hours)] += (t - hours * HOUR) / step
 
 
-def slot_counts(double t_start, long long n, double step, bint closed_form):
-    """Buckets per profile slot of a gap of `n` buckets from `t_start`, as a list of 48.
+cdef void gap_slot_counts(double t_start, double t_end, long long n, double step,
+                          bint closed_form, double* counts) noexcept nogil:
+    """Set counts[s] to how many of the `n` buckets of [t_start, t_end) fall in slot s.
 
     `closed_form` (for widths that divide an hour) uses the week table, else
-    the hour walk; both are here so the tests can hold one against the other.
+    the hour walk.
     """
-    cdef double counts[SLOTS]
     cdef double end[SLOTS]
     cdef int s
     for s in range(SLOTS):
         counts[s] = 0.0
     if closed_form:
-        buckets_before(t_start + n * step, HOUR / step, step, end)
+        buckets_before(t_end, HOUR / step, step, end)
         buckets_before(t_start, HOUR / step, step, counts)
         for s in range(SLOTS):
             counts[s] = end[s] - counts[s]
     else:
         walk_slot_counts(t_start, n, step, counts)
+
+
+def slot_counts(double t_start, long long n, double step, bint closed_form):
+    """`gap_slot_counts` as a list of 48, so the tests can hold one way against the other."""
+    cdef double counts[SLOTS]
+    gap_slot_counts(t_start, t_start + n * step, n, step, closed_form, counts)
     return [counts[s] for s in range(SLOTS)]
 
 
@@ -228,7 +230,7 @@ cdef class SeasonalKernel:
     cdef double decays[MAX_SCALES]
     cdef double log_decays[MAX_SCALES]
     cdef double units[MAX_SCALES]
-    cdef double step, per_hour, warmup
+    cdef double step, warmup
     cdef double a_profile, a_level, a_disp, a_short, a_calib
     # log(1 - a) of each fading factor a, for `powers`
     cdef double log_keep_profile, log_keep_level, log_keep_disp, log_keep_short, log_keep_calib
@@ -259,10 +261,10 @@ cdef class SeasonalKernel:
             self.log_decays[k] = log(self.decays[k])  # -inf for the single bucket: 0 ** n
             self.units[k] = settings.units[k]
         self.step = settings.bucket_seconds
-        self.per_hour = HOUR / self.step
+        per_hour = HOUR / self.step
         # Buckets tile whole hours when the width divides an hour; then a
         # gap's buckets per slot have a closed form.
-        self.hour_aligned = self.per_hour == floor(self.per_hour)
+        self.hour_aligned = per_hour == floor(per_hour)
         self.warmup = settings.warmup_seconds
         self.a_profile = settings.a_profile
         self.a_level = settings.a_level
@@ -520,7 +522,6 @@ cdef class SeasonalKernel:
         cdef double hour = floor(t_start / HOUR)
         cdef double counts[SLOTS]
         cdef double filled[SLOTS]
-        cdef double end[SLOTS]
         cdef double p, total = 0.0
         cdef int s
         if self.hour_aligned and hour == floor((t_end - self.step) / HOUR):
@@ -529,15 +530,7 @@ cdef class SeasonalKernel:
             p = self._profile_at(row, s)
             row[s] = p * powers(self.log_keep_profile, n)
             return p
-        for s in range(SLOTS):
-            counts[s] = 0.0
-        if self.hour_aligned:
-            buckets_before(t_end, self.per_hour, self.step, end)
-            buckets_before(t_start, self.per_hour, self.step, counts)
-            for s in range(SLOTS):
-                counts[s] = end[s] - counts[s]
-        else:
-            walk_slot_counts(t_start, <long long>n, self.step, counts)
+        gap_slot_counts(t_start, t_end, <long long>n, self.step, self.hour_aligned, counts)
         for s in range(SLOTS):
             filled[s] = self._profile_at(row, s)
             total += counts[s] * filled[s]
