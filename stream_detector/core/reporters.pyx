@@ -64,7 +64,7 @@ cdef uint64_t pair_key(str service, str reporter) except? 0:
 
 
 def reporter_key(str service, str reporter):
-    """The key `ReporterFilter` keeps for a pair (for tests and snapshots of older formats)."""
+    """The key `ReporterFilter` keeps for a pair."""
     return pair_key(service, reporter)
 
 
@@ -134,9 +134,6 @@ cdef class HourSet:
                 grown[j] = old[i]
         PyMem_Free(old)
         return 0
-
-    def add_key(self, uint64_t key):
-        return self.add(key)
 
     def __contains__(self, uint64_t key):
         return self.slots[self._slot(key)] == key

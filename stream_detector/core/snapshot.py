@@ -20,7 +20,7 @@ import orjson
 
 from stream_detector.core.detector import DetectorConfig, PartitionDetector
 from stream_detector.core.incidents import Incident
-from stream_detector.core.reporters import reporter_key
+from stream_detector.core.reporters import HOUR_MS
 
 FORMAT_VERSION = 4
 # Format 3 kept the reporter filter as (service, reporter) pairs of strings;
@@ -88,9 +88,8 @@ def decode(data: bytes, config: DetectorConfig, wall_ms: int) -> PartitionDetect
     d.counter.open = {start: counts for start, counts in doc["open"]}
     if doc["version"] == 3:
         for hour, pairs in doc["reporters"]:
-            keys = d.reporters.hour_set(hour)
             for service, reporter in pairs:
-                keys.add_key(reporter_key(service, reporter))
+                d.reporters.first_report(hour * HOUR_MS, service, reporter)
     else:
         d.reporters.load_state(
             [[hour, base64.b64decode(packed)] for hour, packed in doc["reporters"]]
