@@ -1,20 +1,17 @@
 # cython: language_level=3, boundscheck=False, wraparound=False
-"""The detector's per-item loops, compiled: reading and counting reports, listing a bucket's series.
+"""The detector's per-report loop, compiled: reading and counting reports.
 
-They run once per report or once per series and bucket, so at a few
-hundred thousand reports a second the interpreter's own overhead was most
-of their cost. They are written against `PartitionDetector`'s state, which
-owns their meaning; see `detector.py` for the rules they apply.
+It runs once per report, so at a few hundred thousand reports a second the
+interpreter's own overhead was most of its cost. It is written against
+`PartitionDetector`'s state, which owns its meaning; see `detector.py` for
+the rules it applies.
 """
 
 from cpython.bytes cimport PyBytes_AS_STRING
-from cpython.long cimport PyLong_AsLongLongAndOverflow
-from cpython.unicode cimport PyUnicode_DecodeUTF8
 from libc.string cimport memcmp
 
-from stream_detector.core.reporters cimport HourSet, ReporterFilter, pair_key
-
-import orjson
+from stream_detector.core.reporters cimport HourSet, ReporterFilter, pair_key_utf8
+from stream_detector.core.tally cimport BucketTally, SeriesIndex
 
 from stream_detector.core.events import (
     BAD_TIMESTAMP,
@@ -31,8 +28,10 @@ cdef long long C_MIN_TS_MS = MIN_TS_MS
 cdef long long C_HOUR_MS = HOUR_MS
 cdef Py_ssize_t C_MAX_MESSAGE_BYTES = MAX_MESSAGE_BYTES
 cdef Py_ssize_t C_MAX_FIELD_CHARS = MAX_FIELD_CHARS
-_loads = orjson.loads
-_JSONDecodeError = orjson.JSONDecodeError
+
+
+cdef extern from "Python.h":
+    const char* PyUnicode_AsUTF8AndSize(object text, Py_ssize_t* size) except NULL
 
 
 # --- the common report, read straight from its bytes -----------------------
@@ -42,10 +41,11 @@ _JSONDecodeError = orjson.JSONDecodeError
 # string per field name: it finds the five fields and checks that the whole
 # message is JSON. Anything it does not fully understand (an escape, a
 # nested value, a float timestamp, a number with an exponent or over 18
-# integer digits, a field given twice, a byte that is not ASCII outside the
-# five fields, a malformed message) makes it give up, and the message takes the
-# exact path (`orjson.loads`, and `decode_report` to name what is wrong), so
-# what is accepted never differs from what orjson and `decode_report` accept.
+# integer digits, a field given twice, a byte that is not ASCII in a string,
+# a malformed message) makes it give up, and the message takes the exact
+# path (`decode_report`, over `orjson.loads`), so what is accepted never
+# differs from what orjson and `decode_report` accept. Only ASCII is taken as
+# read because its bytes are valid UTF-8 as they are.
 
 cdef struct Text:
     const unsigned char* start
@@ -179,8 +179,8 @@ cdef bint scan_report(const unsigned char* p, Py_ssize_t n, Scanned* out) noexce
             i += 5
         else:
             return False  # a nested value, or not JSON
-        if i < 0:
-            return False
+        if i < 0 or (is_string and not ascii):
+            return False  # not JSON, or UTF-8 that would need checking
         text = NULL
         field = 0
         if is_key(p + key_at, key_size, b"service", 7):
@@ -201,14 +201,10 @@ cdef bint scan_report(const unsigned char* p, Py_ssize_t n, Scanned* out) noexce
                 ts = ts * 10 + (p[end] - 48)
             out.ts = ts
             out.has_ts = True
-        elif is_string and not ascii:
-            return False  # its UTF-8 would need checking
         if not plain:
             return False  # a number orjson might find beyond a double's range
         if field & seen:
-            # A field given twice: orjson keeps the last value but still
-            # checks the first, whose text this reader would not decode.
-            return False
+            return False  # a field given twice: orjson's rule (the last wins) decides
         seen |= field
         if text != NULL:
             if is_string:
@@ -229,29 +225,30 @@ cdef bint scan_report(const unsigned char* p, Py_ssize_t n, Scanned* out) noexce
     return skip_space(p, i + 1, n) == n and out.service.present and out.has_ts
 
 
-cdef inline object text_of(Text* text):
-    """The field as a str (None when absent); raises UnicodeDecodeError for bad UTF-8."""
+cdef inline bint usable(Text* text, bint required, bint short_message) noexcept nogil:
+    """A field the counting loop takes as read: absent (unless required), or non-empty
+    and within the length limit (a message that short cannot hold a longer field)."""
     if not text.present:
-        return None
-    return PyUnicode_DecodeUTF8(<const char*>text.start, text.size, NULL)
+        return not required
+    return text.size > 0 and (short_message or text.size <= C_MAX_FIELD_CHARS)
 
 
-cdef inline bint optional_text(object value) noexcept:
-    return value is None or (type(value) is str and len(<str>value) > 0)
-
-
-cdef inline bint fits(object value) noexcept:
-    return value is None or len(<str>value) <= C_MAX_FIELD_CHARS
+cdef inline void point_at(Text* text, object value) except *:
+    """Make `text` the UTF-8 of a decoded field (None: absent); `value` must outlive it."""
+    text.present = value is not None
+    if text.present:
+        text.start = <const unsigned char*>PyUnicode_AsUTF8AndSize(value, &text.size)
 
 
 def count_reports(detector, values, wall_ms):
     """Count message values into `detector`'s open buckets, in order.
 
     Returns how many were late and duplicate, and the invalid ones as
-    (index in `values`, `InvalidReport`). It checks the common shape of a
-    report inline, falling back to `decode_report` only to name what is
-    wrong or to convert an ISO timestamp, and inlines the reporter filter,
-    the bucket counter and the event clock.
+    (index in `values`, `InvalidReport`). A common report is read and
+    checked inline (`scan_report`, `usable`); anything else goes through
+    `decode_report`, which names what is wrong or converts an ISO
+    timestamp. The reporter filter, the bucket counter and the event clock
+    are inlined too.
     """
     config = detector.config
     clock = detector.clock
@@ -270,75 +267,52 @@ def count_reports(detector, values, wall_ms):
     counter = detector.counter
     cdef dict open_buckets = counter.open
     cdef ReporterFilter reporters = detector.reporters
+    cdef SeriesIndex index = detector.index
     # The bucket and the reporter hour of the previous report, as ranges of
     # event time: consecutive reports almost always share both, and
     # comparing timestamps is much cheaper than dividing them. `bucket` is
     # None until a report counts in it, so no empty bucket is ever opened.
     cdef long long bucket_start = -1, bucket_end = -1, bucket_late_ms = -1
     cdef long long hour_start = -1, hour_end = -1, ts_ms = 0
-    cdef int overflow = 0
-    cdef bint ts_is_int = False
-    cdef Py_ssize_t index = 0, size
+    cdef Py_ssize_t index_in_values = 0, size, service_id, region_id, problem_id
     cdef long long late = 0, duplicate = 0
-    cdef object bucket = None
+    cdef BucketTally bucket = None
     cdef HourSet seen_in_hour = None
     cdef list invalid = []
-    cdef object doc, service, ts, region, problem, reporter, counts
-    cdef dict regions, problems
-    cdef object raw
+    cdef object raw, ts
+    # The decoded fields of a message that took the exact path; its Texts point into them.
+    cdef object service = None, region = None, problem = None, reporter = None
     cdef Scanned scanned
+    cdef bint short_message
     try:
         for raw in values:
             size = len(raw) if raw is not None else 0
-            service = None  # fails the check below, so the exact path names the problem
-            if type(raw) is bytes and size <= C_MAX_MESSAGE_BYTES and scan_report(
-                <const unsigned char*>PyBytes_AS_STRING(raw), size, &scanned
-            ):
-                try:
-                    service = text_of(&scanned.service)
-                    region = text_of(&scanned.region)
-                    problem = text_of(&scanned.problem)
-                    reporter = text_of(&scanned.reporter)
-                    ts_ms = scanned.ts
-                    ts_is_int = True
-                except UnicodeDecodeError:
-                    service = None
-            if service is None:
-                doc = None
-                if raw is not None and size <= C_MAX_MESSAGE_BYTES:
-                    try:
-                        doc = _loads(raw)
-                    except _JSONDecodeError:
-                        pass
-                if type(doc) is dict:
-                    service = (<dict>doc).get("service")
-                    ts = (<dict>doc).get("ts")
-                    region = (<dict>doc).get("region")
-                    problem = (<dict>doc).get("problem")
-                    reporter = (<dict>doc).get("reporter")
-                    ts_is_int = type(ts) is int
-                    if ts_is_int:
-                        ts_ms = PyLong_AsLongLongAndOverflow(ts, &overflow)
-                        ts_is_int = not overflow
-            # The common shape of a report, checked inline. A message of at
-            # most MAX_FIELD_CHARS bytes cannot hold a longer string.
+            short_message = size <= C_MAX_FIELD_CHARS
+            service = region = problem = reporter = None
             if not (
-                type(service) is str and len(<str>service) > 0
-                and ts_is_int and C_MIN_TS_MS <= ts_ms <= newest_ms
-                and optional_text(region) and optional_text(problem) and optional_text(reporter)
-                and (size <= C_MAX_FIELD_CHARS
-                     or (fits(service) and fits(region) and fits(problem) and fits(reporter)))
+                type(raw) is bytes and size <= C_MAX_MESSAGE_BYTES
+                and scan_report(<const unsigned char*>PyBytes_AS_STRING(raw), size, &scanned)
+                and C_MIN_TS_MS <= scanned.ts <= newest_ms
+                and usable(&scanned.service, True, short_message)
+                and usable(&scanned.region, False, short_message)
+                and usable(&scanned.problem, False, short_message)
+                and usable(&scanned.reporter, False, short_message)
             ):
                 try:
                     service, ts, region, problem, reporter = decode_report(raw)
                     if ts > newest_ms:
                         raise InvalidReport(BAD_TIMESTAMP, f"'ts' {ts} is in the future")
                 except InvalidReport as exc:
-                    invalid.append((index, exc))
-                    index += 1
+                    invalid.append((index_in_values, exc))
+                    index_in_values += 1
                     continue
-                ts_ms = ts
-            index += 1
+                scanned.ts = ts
+                point_at(&scanned.service, service)
+                point_at(&scanned.region, region)
+                point_at(&scanned.problem, problem)
+                point_at(&scanned.reporter, reporter)
+            index_in_values += 1
+            ts_ms = scanned.ts
             if not bucket_start <= ts_ms < bucket_end:
                 bucket_start = ts_ms - ts_ms % width
                 bucket_end = bucket_start + width
@@ -351,27 +325,29 @@ def count_reports(detector, values, wall_ms):
             if max_event_ms >= bucket_late_ms or bucket_start < next_close_ms:
                 late += 1
                 continue
-            if reporter is not None:
+            if scanned.reporter.present:
                 if not hour_start <= ts_ms < hour_end:
                     hour_start = ts_ms - ts_ms % C_HOUR_MS
                     hour_end = hour_start + C_HOUR_MS
                     seen_in_hour = reporters.hour_set(hour_start // C_HOUR_MS)
-                if not seen_in_hour.add(pair_key(service, reporter)):
+                if not seen_in_hour.add(pair_key_utf8(
+                    <const char*>scanned.service.start, scanned.service.size,
+                    <const char*>scanned.reporter.start, scanned.reporter.size,
+                )):
                     duplicate += 1
                     continue
             if bucket is None:
                 bucket = counter.bucket(bucket_start)
-            counts = (<dict>bucket).get(service)
-            if counts is None:
-                counts = (<dict>bucket)[service] = [1, {}, {}]
-            else:
-                (<list>counts)[0] += 1
-            if region is not None:
-                regions = (<list>counts)[1]
-                regions[region] = regions.get(region, 0) + 1
-            if problem is not None:
-                problems = (<list>counts)[2]
-                problems[problem] = problems.get(problem, 0) + 1
+            service_id = index.service(<const char*>scanned.service.start, scanned.service.size,
+                                       service)
+            region_id = problem_id = -1
+            if scanned.region.present:
+                region_id = index.region(service_id, <const char*>scanned.region.start,
+                                         scanned.region.size, region)
+            if scanned.problem.present:
+                problem_id = index.problem(<const char*>scanned.problem.start,
+                                           scanned.problem.size, problem)
+            bucket.count(service_id, region_id, problem_id)
             if ts_ms > max_event_ms:
                 max_event_ms = ts_ms
                 wall_at_max_ms = observed_wall_ms
@@ -380,33 +356,3 @@ def count_reports(detector, values, wall_ms):
             clock.max_event_ms = max_event_ms
             clock.wall_at_max_ms = wall_at_max_ms
     return late, duplicate, invalid
-
-
-def list_series(dict counts, dict known, add, bint regional, list rows, list reports,
-                dict first):
-    """Append the bank row and report count of each series with reports in a bucket.
-
-    Each service comes first, then its regions in the order of its region
-    counts; `first` gets each service's index. Series seen for the first
-    time get a row from `add()`; `known` maps a service to its row and its
-    regions' rows.
-    """
-    cdef object service, entry, row
-    cdef list counted
-    cdef dict regions, region_rows
-    for service, counted in counts.items():
-        entry = known.get(service)
-        if entry is None:
-            entry = known[service] = (add(), {})
-        first[service] = len(rows)
-        rows.append((<tuple>entry)[0])
-        reports.append(counted[0])
-        regions = counted[1]
-        if regional and regions:
-            region_rows = (<tuple>entry)[1]
-            for region, n in regions.items():
-                row = region_rows.get(region)
-                if row is None:
-                    row = region_rows[region] = add()
-                rows.append(row)
-                reports.append(n)

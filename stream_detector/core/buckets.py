@@ -1,47 +1,44 @@
 """Event-time buckets of report counts per service, with region and problem breakdowns.
 
-The detector increments the counts inline on its hot path; this class holds
-the open buckets and opens and hands them out.
+The detector counts into the buckets inline on its hot path; this class
+holds the open buckets and opens and hands them out. A bucket is a
+`BucketTally`: counts kept by the ids of the partition's `SeriesIndex`,
+read as `{service: [reports, {region: n}, {problem: n}]}`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from stream_detector.core.tally import BucketTally, SeriesIndex
 
-# What one bucket holds for one service: [reports, {region: n}, {problem: n}].
-# A list rather than a class keeps the per-report path to index increments.
+# What one bucket holds for one service, as a tally reads it:
+# [reports, {region: n}, {problem: n}].
 ServiceCounts = list
-BucketCounts = dict[str, ServiceCounts]
 
 
 class BucketCounter:
     """Open buckets of one partition, keyed by start time in epoch milliseconds.
 
-    >>> c = BucketCounter(width_ms=60_000)
-    >>> c.bucket(60_000)["x"] = [2, {"US": 1}, {"login": 2}]
+    >>> c = BucketCounter(60_000, SeriesIndex(iter(range(10)).__next__, regional=False))
+    >>> c.bucket(60_000).add("x", 2, {"US": 1}, {"login": 2})
     >>> c.bucket(60_000) is c.bucket(60_000)
     True
-    >>> [(start, counts["x"][0]) for start, counts in c.pop_until(120_000)]
-    [(60000, 2)]
+    >>> c.open[60_000]["x"]
+    [2, {'US': 1}, {'login': 2}]
     """
 
-    __slots__ = ("width_ms", "open")
+    __slots__ = ("width_ms", "index", "open")
 
-    def __init__(self, width_ms: int):
+    def __init__(self, width_ms: int, index: SeriesIndex):
         self.width_ms = width_ms
-        self.open: dict[int, BucketCounts] = {}
+        self.index = index
+        self.open: dict[int, BucketTally] = {}
 
-    def bucket(self, start_ms: int) -> BucketCounts:
+    def bucket(self, start_ms: int) -> BucketTally:
         """The open bucket starting at `start_ms`, created empty on first use."""
         bucket = self.open.get(start_ms)
         if bucket is None:
-            bucket = self.open[start_ms] = {}
+            bucket = self.open[start_ms] = BucketTally(self.index)
         return bucket
-
-    def pop_until(self, end_ms: int) -> Iterator[tuple[int, BucketCounts]]:
-        """Remove and yield, oldest first, every open bucket that ends at or before `end_ms`."""
-        for start in sorted(s for s in self.open if s + self.width_ms <= end_ms):
-            yield start, self.open.pop(start)
 
     def earliest(self) -> int | None:
         return min(self.open) if self.open else None

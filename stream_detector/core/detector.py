@@ -14,13 +14,14 @@ from typing import NamedTuple
 
 import numpy as np
 
-from stream_detector.core._counting import count_reports, list_series
-from stream_detector.core.buckets import BucketCounter, BucketCounts
+from stream_detector.core._counting import count_reports
+from stream_detector.core.buckets import BucketCounter
 from stream_detector.core.events import InvalidReport
 from stream_detector.core.incidents import IncidentPolicy, IncidentTracker, SeriesKey
 from stream_detector.core.models import DEFAULT_MODEL, ModelBank, Scored, model_bank
 from stream_detector.core.models.bank import BankScores
 from stream_detector.core.reporters import ReporterFilter
+from stream_detector.core.tally import BucketTally, SeriesIndex
 from stream_detector.core.watermark import EventClock
 
 ACCEPTED = "accepted"
@@ -60,44 +61,57 @@ class BucketSeries:
     """The series one closed bucket scores, in order, with their counts and bank rows.
 
     Each service with reports comes first, then its regions (in the order of
-    its region counts), then the series of open incidents that had no
-    reports, so they can resolve. Keys are built only when asked for: most
-    buckets never need them.
+    their first report), then the series of open incidents that had no
+    reports, so they can resolve. The order, rows and reports come from the
+    tally as arrays; keys are built only when asked for: most buckets never
+    need them.
     """
 
-    __slots__ = ("counts", "regional", "first", "extra", "reports", "rows", "_keys")
+    __slots__ = ("counts", "index", "rows", "reports", "first", "services", "region_at",
+                 "regions", "extra", "_keys")
 
-    def __init__(self, counts: BucketCounts, regional: bool):
+    def __init__(self, counts: BucketTally):
         self.counts = counts
-        self.regional = regional
-        self.first: dict[str, int] = {}
-        """Index of each service with reports; its regions follow it."""
+        self.index = counts.index
+        (self.rows, self.reports, self.first, self.services, self.region_at,
+         self.regions) = counts.listing()
         self.extra: list[SeriesKey] = []
         """Series of open incidents without reports in this bucket, at the end."""
-        self.reports: list[int] = []
-        self.rows: list[int] = []
         self._keys: list[SeriesKey] | None = None
+
+    def add_extra(self, keys: list[SeriesKey], rows: list[int]) -> None:
+        self.extra.extend(keys)
+        self.rows = np.concatenate([self.rows, np.array(rows, dtype=np.intp)])
+        self.reports = np.concatenate([self.reports, np.zeros(len(keys), dtype=np.int64)])
+        self._keys = None
 
     @property
     def keys(self) -> list[SeriesKey]:
         if self._keys is None:
-            keys: list[SeriesKey] = []
-            for service, (_, regions, _) in self.counts.items():
-                keys.append((service, None))
-                if self.regional:
-                    keys.extend((service, region) for region in regions)
+            names = self.index.services.names
+            region_names, regions = self.index.regions, self.index.regions.names
+            keys: list = [None] * (len(self.rows) - len(self.extra))
+            for at, service in zip(self.first.tolist(), self.services.tolist(), strict=True):
+                keys[at] = (names[service], None)
+            for at, region in zip(self.region_at.tolist(), self.regions.tolist(), strict=True):
+                if at >= 0:
+                    keys[at] = (names[region_names.scope(region)], regions[region])
             self._keys = keys + self.extra
         return self._keys
 
-    def index(self, key: SeriesKey) -> int | None:
+    def index_of(self, key: SeriesKey) -> int | None:
+        """The position of a series in the bucket; None if the bucket does not score it."""
         service, region = key
-        i = self.first.get(service)
-        if i is not None:
+        service_id = self.index.service_id(service)
+        entry = self.counts.service_entry(service_id) if service_id >= 0 else -1
+        if entry >= 0:
             if region is None:
-                return i
-            regions = self.counts[service][1]
-            if self.regional and region in regions:
-                return i + 1 + list(regions).index(region)
+                return int(self.first[entry])
+            region_id = self.index.regions.id_of(service_id, region)
+            if region_id >= 0:
+                at = self.counts.region_entry(region_id)
+                if at >= 0 and self.region_at[at] >= 0:
+                    return int(self.region_at[at])
         if key in self.extra:
             return len(self.rows) - len(self.extra) + self.extra.index(key)
         return None
@@ -132,7 +146,7 @@ class ClosedBucket:
     @property
     def scores(self) -> list[SeriesScore]:
         score, expected, spread = (a.tolist() for a in self.scored)
-        reports = self.series.reports
+        reports = self.series.reports.tolist()
         return [
             SeriesScore(key[0], key[1], reports[i], expected[i], spread[i], score[i],
                         self.severities.get(i))
@@ -145,14 +159,15 @@ class PartitionDetector:
 
     def __init__(self, config: DetectorConfig):
         self.config = config
-        self.counter = BucketCounter(config.bucket_ms)
+        # Every series' model is a row of one bank: per service, the row of
+        # the service-wide series and the rows of its regions, given when the
+        # series' first report is counted.
+        self.bank: ModelBank = model_bank(config.model, config.bucket_ms / 1000)
+        self.index = SeriesIndex(self.bank.add, config.regions)
+        self.counter = BucketCounter(config.bucket_ms, self.index)
         self.clock = EventClock(config.lateness_ms, config.idle_timeout_ms)
         self.reporters = ReporterFilter()
         self.incidents = IncidentTracker(config.policy)
-        # Every series' model is a row of one bank: per service, the row of
-        # the service-wide series and the rows of its regions.
-        self.bank: ModelBank = model_bank(config.model, config.bucket_ms / 1000)
-        self.series: dict[str, tuple[int, dict[str, int]]] = {}
         # Start of the oldest bucket not closed yet; None until the first close.
         self.next_close_ms: int | None = None
 
@@ -226,19 +241,19 @@ class PartitionDetector:
                 if self.next_close_ms == start:
                     break
                 continue
-            closed.append(self._score_bucket(start, counts or {}))
+            if counts is None:  # open incidents still need this bucket's zero
+                counts = BucketTally(self.index)
+            closed.append(self._score_bucket(start, counts))
             self.next_close_ms = start + width
         self.reporters.forget_before(self.next_close_ms)
         return closed
 
-    def _score_bucket(self, start: int, counts: BucketCounts) -> ClosedBucket:
+    def _score_bucket(self, start: int, counts: BucketTally) -> ClosedBucket:
         series = self._series_of(counts)
-        reports = series.reports
         t = start / 1000
         bank = self.bank
-        rows = np.array(series.rows, dtype=np.intp)
-        scored = bank.score(rows, t, np.array(reports, dtype=float), catch_up=True)
-        weights = np.ones(len(rows))
+        scored = bank.score(series.rows, t, series.reports.astype(float), catch_up=True)
+        weights = np.ones(len(series.rows))
         alerts: list[dict] = []
         severities: dict[int, str] = {}
         # Incident rules in Python only for the few series where something can
@@ -246,32 +261,38 @@ class PartitionDetector:
         hot = set(np.flatnonzero(scored.score >= self.config.policy.open_score).tolist())
         open_, pending = self.incidents.open, self.incidents.pending
         for key in [*open_, *pending]:
-            i = series.index(key)
+            i = series.index_of(key)
             if i is not None:
                 hot.add(i)
         keys = series.keys if hot else []
-        concentrated: dict[str, set[str]] = {}
+        reports = series.reports
+        # Per service of a hot series: its counts, and its regions that
+        # explain its excess on their own.
+        services: dict[str, tuple[list | None, set[str]]] = {}
         for i in sorted(hot):
             key = keys[i]
             service, region = key
-            service_counts = counts.get(service)
+            if service not in services:
+                service_counts = counts.get(service)
+                concentrated = set() if service_counts is None else self._concentrated_regions(
+                    service, series.index_of((service, None)), service_counts, scored
+                )
+                services[service] = service_counts, concentrated
+            service_counts, concentrated = services[service]
             if service_counts is None:  # an open incident through an empty bucket
                 regions, problems, may_open = {}, {}, False
             else:
                 _, service_regions, problems = service_counts
-                if service not in concentrated:
-                    concentrated[service] = self._concentrated_regions(
-                        service, series.first[service], service_counts, scored
-                    )
                 if region is None:
-                    regions, may_open = service_regions, not concentrated[service]
+                    regions, may_open = service_regions, not concentrated
                 else:
-                    regions = {region: reports[i]}
-                    may_open = region in concentrated[service]
+                    regions = {region: int(reports[i])}
+                    may_open = region in concentrated
             one = Scored(float(scored.score[i]), float(scored.expected[i]),
                          float(scored.spread[i]))
             alert, weight = self.incidents.observe(
-                key, start, self.config.bucket_ms, reports[i], one, regions, problems, may_open
+                key, start, self.config.bucket_ms, int(reports[i]), one, regions, problems,
+                may_open,
             )
             weights[i] = weight
             if alert is not None:
@@ -282,26 +303,17 @@ class PartitionDetector:
         bank.learn(weights)
         return ClosedBucket(start, series, alerts, scored, severities)
 
-    def _series_of(self, counts: BucketCounts) -> BucketSeries:
-        """The series to score in this bucket (see `BucketSeries`), new ones given a bank row."""
-        regional = self.config.regions
-        series = BucketSeries(counts, regional)
-        list_series(counts, self.series, self.bank.add, regional, series.rows, series.reports,
-                    series.first)
-        rows, reports = series.rows, series.reports
-        for key in self.incidents.open:
-            if series.index(key) is None:
-                series.extra.append(key)
-                rows.append(self.row_of(key))
-                reports.append(0)
+    def _series_of(self, counts: BucketTally) -> BucketSeries:
+        """The series to score in this bucket (see `BucketSeries`)."""
+        series = BucketSeries(counts)
+        extra = [key for key in self.incidents.open if series.index_of(key) is None]
+        if extra:
+            series.add_extra(extra, [self.row_of(key) for key in extra])
         return series
 
     def row_of(self, key: SeriesKey) -> int | None:
-        """The bank row of a series, None if it was never scored."""
-        entry = self.series.get(key[0])
-        if entry is None:
-            return None
-        return entry[0] if key[1] is None else entry[1].get(key[1])
+        """The bank row of a series, None if it has none."""
+        return self.index.row_of(*key)
 
     def _concentrated_regions(
         self, service: str, i: int, service_counts: list, scored: BankScores

@@ -10,6 +10,8 @@ cdef class HourSet:
     cdef int _grow(self) except -1
 
 
+cdef uint64_t pair_key_utf8(const char* service, Py_ssize_t service_size, const char* reporter,
+                            Py_ssize_t reporter_size) noexcept nogil
 cdef uint64_t pair_key(str service, str reporter) except? 0
 
 

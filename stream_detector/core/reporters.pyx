@@ -27,10 +27,10 @@ from libc.stdint cimport uint64_t
 from libc.stdlib cimport qsort
 from libc.string cimport memcpy, memset
 
+from stream_detector.core._hashing cimport fnv1a, fnv_offset, mix64
+
 HOUR_MS = 3_600_000
 
-cdef uint64_t FNV_OFFSET = 14695981039346656037ULL
-cdef uint64_t FNV_PRIME = 1099511628211ULL
 cdef Py_ssize_t FIRST_CAPACITY = 1024  # a power of two
 
 
@@ -38,29 +38,21 @@ cdef extern from "Python.h":
     const char* PyUnicode_AsUTF8AndSize(object text, Py_ssize_t* size) except NULL
 
 
-cdef inline uint64_t fnv1a(uint64_t h, const char* data, Py_ssize_t n) noexcept nogil:
-    cdef Py_ssize_t i
-    for i in range(n):
-        h = (h ^ <unsigned char>data[i]) * FNV_PRIME
-    return h
+cdef uint64_t pair_key_utf8(const char* service, Py_ssize_t service_size, const char* reporter,
+                            Py_ssize_t reporter_size) noexcept nogil:
+    """The key of a (service, reporter) pair given as UTF-8; never 0, which marks an empty slot."""
+    cdef uint64_t h = fnv1a(fnv_offset(), service, service_size)
+    # 0xff never occurs in UTF-8, so ("ab", "c") and ("a", "bc") differ.
+    h = fnv1a(h, b"\xff", 1)
+    h = mix64(fnv1a(h, reporter, reporter_size))
+    return h if h != 0 else 1
 
 
 cdef uint64_t pair_key(str service, str reporter) except? 0:
-    """The key of a (service, reporter) pair; never 0, which marks an empty slot."""
-    cdef Py_ssize_t n
-    cdef const char* text = PyUnicode_AsUTF8AndSize(service, &n)
-    cdef uint64_t h = fnv1a(FNV_OFFSET, text, n)
-    # 0xff never occurs in UTF-8, so ("ab", "c") and ("a", "bc") differ.
-    h = (h ^ 0xff) * FNV_PRIME
-    text = PyUnicode_AsUTF8AndSize(reporter, &n)
-    h = fnv1a(h, text, n)
-    # murmur3's finaliser: FNV's low bits, which pick the slot, mix poorly.
-    h ^= h >> 33
-    h *= 0xff51afd7ed558ccdULL
-    h ^= h >> 33
-    h *= 0xc4ceb9fe1a85ec53ULL
-    h ^= h >> 33
-    return h if h != 0 else 1
+    cdef Py_ssize_t service_size, reporter_size
+    cdef const char* service_text = PyUnicode_AsUTF8AndSize(service, &service_size)
+    cdef const char* reporter_text = PyUnicode_AsUTF8AndSize(reporter, &reporter_size)
+    return pair_key_utf8(service_text, service_size, reporter_text, reporter_size)
 
 
 def reporter_key(str service, str reporter):

@@ -42,10 +42,10 @@ def encode(detector: PartitionDetector, model_name: str) -> bytes:
         "bucket_ms": d.config.bucket_ms,
         "clock": [d.clock.max_event_ms, d.clock.wall_at_max_ms],
         "next_close_ms": d.next_close_ms,
-        "open": [[start, counts] for start, counts in d.counter.open.items()],
+        "open": [[start, counts.to_dict()] for start, counts in d.counter.open.items()],
         "reporters": [[hour, base64.b64encode(packed).decode()]
                       for hour, packed in d.reporters.state()],
-        "series": [[service, row, regions] for service, (row, regions) in d.series.items()],
+        "series": d.index.items(),
         "models": d.bank.state(),
         "incidents": [
             [i.service, i.region, i.start_ms, i.severity, i.buckets, i.calm_run, i.regions,
@@ -85,7 +85,6 @@ def decode(data: bytes, config: DetectorConfig, wall_ms: int) -> PartitionDetect
     # count quiet time from the restore, or a replay would close buckets early.
     d.clock.wall_at_max_ms = wall_ms
     d.next_close_ms = doc["next_close_ms"]
-    d.counter.open = {start: counts for start, counts in doc["open"]}
     if doc["version"] == 3:
         for hour, pairs in doc["reporters"]:
             for service, reporter in pairs:
@@ -94,11 +93,17 @@ def decode(data: bytes, config: DetectorConfig, wall_ms: int) -> PartitionDetect
         d.reporters.load_state(
             [[hour, base64.b64decode(packed)] for hour, packed in doc["reporters"]]
         )
-    d.series = {service: (row, regions) for service, row, regions in doc["series"]}
+    d.index.load(doc["series"])
     try:
         d.bank.load_state(doc["models"])
     except (KeyError, ValueError) as exc:
         raise SnapshotError(f"snapshot's model state does not fit: {exc}") from None
+    # After the models: a service first counted in an open bucket (a snapshot
+    # written before series got their rows at their first report) gets its row now.
+    for start, counts in doc["open"]:
+        bucket = d.counter.bucket(start)
+        for service, (reports, regions, problems) in counts.items():
+            bucket.add(service, reports, regions, problems)
     for service, region, start_ms, severity, buckets, calm_run, regions, problems in doc[
         "incidents"
     ]:

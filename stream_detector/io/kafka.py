@@ -242,13 +242,13 @@ class DetectorService:
                 per_bucket = (time.perf_counter() - started) / len(buckets)
                 for _ in buckets:
                     self.metrics.scoring_seconds.observe(per_bucket)
+                self.metrics.observe_buckets(buckets, partition)
                 closed.extend(buckets)
             watermark = detector.clock.watermark(now)
             if watermark is not None:
                 self.metrics.watermark.labels(str(partition)).set(watermark / 1000)
         if not closed:
             return
-        self.metrics.observe_buckets(closed)
         self.metrics.series_active.set(sum(len(d.bank) for d in self.detectors.values()))
         for bucket in closed:
             bucket_end_s = (bucket.start_ms + self.detector_config.bucket_ms) / 1000
@@ -357,6 +357,7 @@ class DetectorService:
             self.detectors.pop(tp.partition, None)
             self.next_offsets.pop(tp, None)
             self.dirty.discard(tp.partition)
+            self.metrics.services.forget(tp.partition)
             with contextlib.suppress(KeyError):
                 self.metrics.lag.remove(tp.topic, str(tp.partition))
 

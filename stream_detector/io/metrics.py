@@ -18,10 +18,10 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import Collector
 
 from stream_detector import __version__
-from stream_detector.core.buckets import ServiceCounts
 from stream_detector.core.detector import OUTCOMES, ClosedBucket
 from stream_detector.core.events import REASONS
 from stream_detector.core.incidents import CRITICAL
+from stream_detector.core.tally import SeriesIndex
 
 # Recent volume decays by this factor per closed bucket, so the top-N follows
 # what is busy now rather than what was busy last week.
@@ -89,12 +89,12 @@ class DetectorMetrics:
             if n:
                 self.reports.labels(outcome).inc(n)
 
-    def observe_buckets(self, closed: Iterable[ClosedBucket]) -> None:
-        """Record what the per-service gauges will show from the buckets just closed."""
+    def observe_buckets(self, closed: Iterable[ClosedBucket], partition: int = 0) -> None:
+        """Record what the per-service gauges will show from a partition's buckets just closed."""
         for bucket in closed:
             self.buckets_closed.inc()
-            self.services.observe(bucket)
-        self.incidents_open.set(len(self.services.firing))
+            self.services.observe(bucket, partition)
+        self.incidents_open.set(self.services.firing_count())
 
     def observe_alert(self, alert: dict, latency_seconds: float) -> None:
         self.alerts.labels(alert["status"], alert["severity"]).inc()
@@ -104,19 +104,46 @@ class DetectorMetrics:
         return generate_latest(self.registry)
 
 
-class _Service:
-    """What the scrape needs of one service: its latest score and counts, and recent volume."""
+class _Partition:
+    """What the scrape needs of one partition's services, in arrays indexed by service id.
 
-    __slots__ = ("latest", "counts", "volume", "volume_ms")
+    Ids are those of the partition's `SeriesIndex`: the latest bucket's
+    reports, expected, spread, score and severity level (0 none, 1 warning,
+    2 critical) per service, its recent volume, whether it is still known,
+    and the tally of its latest bucket with reports, for the breakdowns.
+    """
 
-    def __init__(self, volume_ms: int):
-        self.latest: tuple[int, float, float, float, str | None] = (0, 0.0, 0.0, 0.0, None)
-        """Reports, expected, spread, score and open incident's severity of its latest bucket."""
-        self.counts: ServiceCounts | None = None
-        """[reports, {region: n}, {problem: n}] of the latest bucket; None if it had none."""
-        self.volume = 0.0
-        self.volume_ms = volume_ms
+    __slots__ = ("index", "reports", "expected", "spread", "score", "level", "volume",
+                 "volume_ms", "known", "latest")
+
+    def __init__(self, index: SeriesIndex):
+        self.index = index
+        self.reports = np.zeros(0, dtype=np.int64)
+        self.expected = np.zeros(0)
+        self.spread = np.zeros(0)
+        self.score = np.zeros(0)
+        self.level = np.zeros(0, dtype=np.int8)
+        self.volume = np.zeros(0)
+        self.volume_ms = np.zeros(0, dtype=np.int64)
         """Start of the bucket `volume` was decayed to; each bucket since decays it once more."""
+        self.known = np.zeros(0, dtype=bool)
+        self.latest = np.zeros(0, dtype=object)
+
+    def grow(self, size: int) -> None:
+        """Room for services with ids below `size`."""
+        old = len(self.known)
+        if size <= old:
+            return
+        size = max(size, 2 * old)
+        for name in self.__slots__[1:]:
+            array = getattr(self, name)
+            grown = np.zeros(size, dtype=array.dtype)
+            grown[:old] = array
+            setattr(self, name, grown)
+        self.latest[old:] = None
+
+    def live_volume(self, now_ms: int, bucket_ms: int) -> np.ndarray:
+        return self.volume * VOLUME_DECAY ** ((now_ms - self.volume_ms) // bucket_ms)
 
 
 class ServiceGauges(Collector):
@@ -124,25 +151,24 @@ class ServiceGauges(Collector):
 
     Buckets close by the thousand while the detector catches up, and a scrape
     comes every 15 s or so and reads only the latest values. So closing a
-    bucket only records plain values per service, straight from the score
-    arrays; choosing the exported services and building their series waits
-    for the scrape. Both run on the event loop, so they share that data
-    without a lock.
+    bucket only stores its services' values into arrays, straight from the
+    score arrays; choosing the exported services and building their series
+    waits for the scrape. Both run on the event loop, so they share that
+    data without a lock.
     """
 
     def __init__(self, max_services: int, bucket_ms: int):
         self.max_services = max_services
         self.bucket_ms = bucket_ms
-        self.known: dict[str, _Service] = {}
-        self.firing: set[str] = set()
+        self.partitions: dict[int, _Partition] = {}
         # Start of the latest bucket seen. Volume ages by bucket time, not per
         # bucket object: partitions close the same minute separately, and that
         # minute should age volume once.
         self.now_ms = 0
         self._sweep_at = max_services
 
-    def observe(self, bucket: ClosedBucket) -> None:
-        """Keep each service's latest score and counts, add to its volume, track firing.
+    def observe(self, bucket: ClosedBucket, partition: int = 0) -> None:
+        """Store each service's latest score and counts, add to its volume, track firing.
 
         The services of a bucket are those with reports and those of open
         incidents (at the end of the bucket's series, without counts).
@@ -151,86 +177,109 @@ class ServiceGauges(Collector):
         # the latest bucket.
         now = self.now_ms = max(self.now_ms, bucket.start_ms)
         series = bucket.series
-        services = list(series.first)
-        positions = list(series.first.values())
+        table = self.partitions.get(partition)
+        if table is None or table.index is not series.index:  # new, or restored anew
+            table = self.partitions[partition] = _Partition(series.index)
+        table.grow(len(series.index.services))
+        counted = series.services
+        ids, positions = counted, series.first
         offset = len(series.rows) - len(series.extra)
-        for j, (service, region) in enumerate(series.extra):
-            if region is None:
-                services.append(service)
-                positions.append(offset + j)
-        # Only the services' values, gathered from the arrays of every series scored.
-        at = np.array(positions, dtype=np.intp)
-        score, expected, spread = (a[at].tolist() for a in bucket.scored)
-        all_reports = series.reports
-        reports = [all_reports[i] for i in positions]
-        severities, counts = bucket.severities, bucket.counts
-        known, firing, width = self.known, self.firing, self.bucket_ms
-        for service, i, n, mean, sd, probability in zip(
-            services, positions, reports, expected, spread, score, strict=True
-        ):
-            state = known.get(service)
-            if state is None:
-                state = known[service] = _Service(now)
-            severity = severities.get(i) if severities else None
-            state.latest = (n, mean, sd, probability, severity)
-            service_counts = state.counts = counts.get(service)
-            if service_counts is not None:
-                state.volume = (state.volume * VOLUME_DECAY ** ((now - state.volume_ms) // width)
-                                + n)
-                state.volume_ms = now
-            if severity is not None:
-                firing.add(service)
-            elif firing:
-                firing.discard(service)
-        if len(known) >= self._sweep_at:
+        quiet = [(series.index.service_id(service), offset + j)
+                 for j, (service, region) in enumerate(series.extra) if region is None]
+        if quiet:
+            ids = np.concatenate([ids, np.array([i for i, _ in quiet], dtype=np.intp)])
+            positions = np.concatenate([positions, np.array([p for _, p in quiet], dtype=np.intp)])
+        reports = series.reports[positions]
+        score, expected, spread = (a[positions] for a in bucket.scored)
+        table.reports[ids] = reports
+        table.expected[ids] = expected
+        table.spread[ids] = spread
+        table.score[ids] = score
+        level = np.zeros(len(ids), dtype=np.int8)
+        if bucket.severities:
+            where = {p: k for k, p in enumerate(positions.tolist())}
+            for i, severity in bucket.severities.items():
+                k = where.get(i)
+                if k is not None:
+                    level[k] = 2 if severity == CRITICAL else 1
+        table.level[ids] = level
+        table.known[ids] = True
+        decay = VOLUME_DECAY ** ((now - table.volume_ms[counted]) // self.bucket_ms)
+        table.volume[counted] = table.volume[counted] * decay + reports[:len(counted)]
+        table.volume_ms[counted] = now
+        latest = np.empty(len(counted), dtype=object)
+        latest.fill(bucket.counts)
+        table.latest[counted] = latest
+        if quiet:
+            table.latest[ids[len(counted):]] = None
+        if sum(np.count_nonzero(t.known) for t in self.partitions.values()) >= self._sweep_at:
             self._live_volumes()
 
-    def _volume(self, state: _Service) -> float:
-        return state.volume * VOLUME_DECAY ** ((self.now_ms - state.volume_ms) // self.bucket_ms)
+    def forget(self, partition: int) -> None:
+        """Drop a partition's services, as when it is revoked."""
+        self.partitions.pop(partition, None)
 
-    def _live_volumes(self) -> dict[str, float]:
-        """Each service's current volume, after forgetting quiet services that are not firing."""
-        volumes = {}
-        for service, state in list(self.known.items()):
-            volume = self._volume(state)
-            if volume < QUIET_VOLUME and service not in self.firing:
-                del self.known[service]
-            else:
-                volumes[service] = volume
-        # Every scrape sweeps; so does `observe` once the table has doubled
-        # since (plus room for the exported services, so a small table is not
-        # swept at each new service). Memory stays bounded without scrapes, at
-        # a constant amortised cost per new service.
-        self._sweep_at = 2 * len(self.known) + self.max_services
-        return volumes
+    def firing_count(self) -> int:
+        """Services whose latest bucket has a service-wide incident open."""
+        return sum(int(np.count_nonzero(t.level)) for t in self.partitions.values())
+
+    @property
+    def known(self) -> list[str]:
+        """Services still tracked: not yet forgotten for being quiet."""
+        return [t.index.services.names[i] for t in self.partitions.values()
+                for i in np.flatnonzero(t.known).tolist()]
+
+    def _live_volumes(self) -> list[tuple[_Partition, np.ndarray, np.ndarray]]:
+        """Per partition, its known services' ids and current volumes, after forgetting
+        quiet services that are not firing."""
+        out = []
+        for table in self.partitions.values():
+            volume = table.live_volume(self.now_ms, self.bucket_ms)
+            forget = table.known & (volume < QUIET_VOLUME) & (table.level == 0)
+            table.known[forget] = False
+            table.latest[forget] = None  # lets their old buckets go
+            ids = np.flatnonzero(table.known)
+            out.append((table, ids, volume[ids]))
+        # Every scrape sweeps; so does `observe` once the known services have
+        # doubled since (plus room for the exported services, so a small table
+        # is not swept at each new service). Work per new service stays
+        # constant, amortised, without scrapes.
+        self._sweep_at = 2 * sum(len(ids) for _, ids, _ in out) + self.max_services
+        return out
 
     def describe(self) -> Iterator[GaugeMetricFamily]:
         """The families without samples, so the registry knows their names."""
         return iter(_service_families())
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
-        volumes = self._live_volumes()
-        exported = heapq.nlargest(self.max_services, volumes, key=volumes.get)
-        exported += sorted(self.firing.difference(exported))
+        live = self._live_volumes()
+        candidates = [(table, i) for table, ids, _ in live for i in ids.tolist()]
+        volumes = np.concatenate([v for _, _, v in live]) if live else np.zeros(0)
+        top = np.argsort(-volumes, kind="stable")[:self.max_services].tolist()
+        exported = [candidates[k] for k in top]
+        chosen = set(top)
+        exported += sorted(
+            (candidates[k] for k in range(len(candidates))
+             if k not in chosen and candidates[k][0].level[candidates[k][1]]),
+            key=lambda c: c[0].index.services.names[c[1]],
+        )
         families = _service_families()
         reports, expected, spread, score, firing, severity, regions, problems = families
-        for service in exported:
-            state = self.known[service]
-            n, mean, sd, probability, level_name = state.latest
-            labels = [service]
-            reports.add_metric(labels, n)
-            expected.add_metric(labels, mean)
-            spread.add_metric(labels, sd)
-            score.add_metric(labels, probability)
-            firing.add_metric(labels, 0 if level_name is None else 1)
-            level = 0 if level_name is None else (2 if level_name == CRITICAL else 1)
+        for table, i in exported:
+            labels = [service := table.index.services.names[i]]
+            level = int(table.level[i])
+            reports.add_metric(labels, int(table.reports[i]))
+            expected.add_metric(labels, float(table.expected[i]))
+            spread.add_metric(labels, float(table.spread[i]))
+            score.add_metric(labels, float(table.score[i]))
+            firing.add_metric(labels, 1 if level else 0)
             severity.add_metric(labels, level)
-            if state.counts is not None:
-                for region, n in heapq.nlargest(TOP_BREAKDOWN, state.counts[1].items(),
-                                                key=_count):
+            tally = table.latest[i]
+            if tally is not None:
+                _, by_region, by_problem = tally.counts_of(i)
+                for region, n in heapq.nlargest(TOP_BREAKDOWN, by_region.items(), key=_count):
                     regions.add_metric([service, region], n)
-                for problem, n in heapq.nlargest(TOP_BREAKDOWN, state.counts[2].items(),
-                                                 key=_count):
+                for problem, n in heapq.nlargest(TOP_BREAKDOWN, by_problem.items(), key=_count):
                     problems.add_metric([service, problem], n)
         return iter(families)
 

@@ -236,10 +236,12 @@ def _shuffle_within(offsets: list[int], lateness: int, rnd) -> list[int]:
 
 def _replay(order: list[int], lateness: int, reporter) -> dict[int, int]:
     d = detector(lateness_ms=lateness, regions=False)
+    closed = []
     for off in order:
         assert d.add(report(ts=T0 + off, reporter=reporter(off))) != LATE
-        d.advance()
-    return {b.start_ms: b.counts.get("x", [0])[0] for b in d.flush()}
+        closed.extend(d.advance())
+    closed.extend(d.flush())
+    return {b.start_ms: b.counts.get("x", [0])[0] for b in closed}
 
 
 LATENESS = 2 * MINUTE

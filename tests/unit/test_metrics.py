@@ -93,3 +93,17 @@ def test_memory_stays_bounded_without_scrapes():
     assert len(metrics.services.known) <= 2 * 900 + 10
     assert len(services(scrape(metrics))) == 10
     assert len(metrics.services.known) <= 900
+
+
+def test_a_revoked_partition_takes_its_services_out_of_the_scrape():
+    metrics = DetectorMetrics(max_services=10)
+    detectors = [PartitionDetector(DetectorConfig(model="ewma", lateness_ms=5_000))
+                 for _ in range(2)]
+    for minute in range(5):
+        for partition, service in enumerate(("a", "b")):
+            d = detectors[partition]
+            d.add(orjson.dumps({"service": service, "ts": T0 + minute * MINUTE}))
+            metrics.observe_buckets(d.advance(T0 + minute * MINUTE + MINUTE // 2), partition)
+    assert services(scrape(metrics)) == {"a", "b"}
+    metrics.services.forget(1)
+    assert services(scrape(metrics)) == {"a"}

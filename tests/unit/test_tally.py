@@ -1,0 +1,109 @@
+"""Bucket tallies: counts by interned names, read back as the mapping and as the scored arrays."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import orjson
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from stream_detector.core.detector import DetectorConfig, PartitionDetector
+from stream_detector.core.tally import BucketTally, SeriesIndex
+
+T0 = 1_767_571_200_000  # Monday 2026-01-05 00:00 UTC
+
+# Few names, so they repeat; some are not ASCII, which takes the exact path.
+SERVICES = st.sampled_from(["x", "y", "bank", "Société Générale", "東京"])
+REGIONS = st.sampled_from([None, "US", "DE", "Île-de-France"])
+PROBLEMS = st.sampled_from([None, "login", "app", "paiement échoué"])
+REPORTS = st.lists(st.tuples(SERVICES, REGIONS, PROBLEMS), max_size=80)
+
+
+def message(service: str, region: str | None, problem: str | None) -> bytes:
+    doc = {"service": service, "ts": T0}
+    if region is not None:
+        doc["region"] = region
+    if problem is not None:
+        doc["problem"] = problem
+    return orjson.dumps(doc)
+
+
+def expected_counts(reports) -> dict:
+    """The same counts in plain dicts: everything in the order of its first report."""
+    counts: dict = {}
+    for service, region, problem in reports:
+        entry = counts.setdefault(service, [0, {}, {}])
+        entry[0] += 1
+        if region is not None:
+            entry[1][region] = entry[1].get(region, 0) + 1
+        if problem is not None:
+            entry[2][problem] = entry[2].get(problem, 0) + 1
+    return counts
+
+
+@settings(max_examples=60, deadline=None)
+@given(REPORTS, st.booleans())
+def test_a_tally_reads_as_the_counts_and_lists_each_service_before_its_regions(reports, regional):
+    d = PartitionDetector(DetectorConfig(model="ewma", regions=regional))
+    outcomes, invalid = d.add_many([message(*r) for r in reports])
+    assert not invalid and outcomes["accepted"] == len(reports)
+    expected = expected_counts(reports)
+    tally = d.counter.open.get(T0, BucketTally(d.index))
+    assert tally.to_dict() == expected and tally == expected
+    assert list(tally) == list(expected) and len(tally) == len(expected)
+
+    rows, reports_, first, services, region_at, regions = tally.listing()
+    listed = []
+    for service, (n, by_region, _) in expected.items():
+        listed.append((d.row_of((service, None)), n))
+        if regional:
+            listed.extend((d.row_of((service, region)), m) for region, m in by_region.items())
+    assert list(zip(rows.tolist(), reports_.tolist(), strict=True)) == listed
+    names = d.index.services.names
+    assert [names[i] for i in services.tolist()] == list(expected)
+    assert [rows[at] for at in first.tolist()] == [d.row_of((s, None)) for s in expected]
+    assert (region_at >= 0).all() if regional else (region_at == -1).all()
+
+
+def test_the_same_region_of_two_services_is_two_series():
+    index = SeriesIndex(iter(range(10)).__next__, regional=True)
+    tally = BucketTally(index)
+    tally.add("a", 1, {"US": 1}, {})
+    tally.add("b", 2, {"US": 2}, {"login": 2})
+    assert index.row_of("a", "US") != index.row_of("b", "US")
+    assert tally["b"] == [2, {"US": 2}, {"login": 2}] and tally["a"][2] == {}
+    assert tally.get("c") is None and "c" not in tally and "a" in tally
+    assert isinstance(tally, Mapping) and dict(tally.items()) == tally.to_dict()
+
+
+def test_a_bucket_of_thousands_of_names_keeps_every_count_through_growth():
+    index = SeriesIndex(iter(range(100_000)).__next__, regional=True)
+    tally = BucketTally(index)
+    expected = {}
+    for i in range(3_000):
+        regions = {f"r{j}": j + 1 for j in range(i % 4)}
+        problems = {f"p{i % 50}": 1}
+        tally.add(f"svc-{i}", 10, regions, problems)
+        expected[f"svc-{i}"] = [10, regions, problems]
+    assert tally.to_dict() == expected
+    assert len(index.services) == 3_000 and len(index.problems) == 50
+    rows, _, _, _, _, _ = tally.listing()
+    assert sorted(rows.tolist()) == list(range(len(index.services) + len(index.regions)))
+    assert index.items()[7] == ["svc-7", index.row_of("svc-7"),
+                                {f"r{j}": index.row_of("svc-7", f"r{j}") for j in range(3)}]
+
+
+def test_an_index_restored_from_its_items_finds_every_series_at_its_row():
+    index = SeriesIndex(iter(range(100)).__next__, regional=True)
+    tally = BucketTally(index)
+    tally.add("x", 1, {"US": 1, "DE": 1}, {})
+    tally.add("y", 1, {"US": 1}, {})
+    restored = SeriesIndex(iter(range(100, 200)).__next__, regional=True)
+    restored.load(index.items())
+    for key in [("x", None), ("x", "US"), ("x", "DE"), ("y", None), ("y", "US")]:
+        assert restored.row_of(*key) == index.row_of(*key)
+    assert restored.row_of("z") is None and restored.row_of("x", "FR") is None
+    # A new series after the restore gets a new row, not one of the restored.
+    BucketTally(restored).add("z", 1, {}, {})
+    assert restored.row_of("z") == 100
