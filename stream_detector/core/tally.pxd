@@ -39,6 +39,7 @@ cdef class SeriesIndex:
     cdef readonly Names problems
     cdef readonly bint regional
     cdef object new_row
+    cdef object new_region_row
     cdef object __weakref__
     cdef Py_ssize_t service(self, const char* text, Py_ssize_t size, object name) except -1
     cdef Py_ssize_t region(self, Py_ssize_t service, const char* text, Py_ssize_t size,

@@ -172,9 +172,8 @@ cdef class Names:
         cdef Py_ssize_t i = self.find(scope, text, size, h)
         if i >= 0:
             return i
-        if name is None:
-            name = PyUnicode_DecodeUTF8(text, size, NULL)
-        return self.add(scope, name, h, -1 if new_row is None else new_row())
+        return self.add(scope, PyUnicode_DecodeUTF8(text, size, NULL) if name is None else name,
+                        h, -1 if new_row is None else new_row())
 
     cdef Py_ssize_t add(self, int64_t scope, str name, uint64_t h, int64_t row) except -1:
         """Give `name`, not known in `scope`, the next id."""
@@ -234,6 +233,7 @@ cdef class SeriesIndex:
         self.regions = Names()
         self.problems = Names()
         self.new_row = new_row
+        self.new_region_row = new_row if regional else None
         self.regional = regional
 
     cdef Py_ssize_t service(self, const char* text, Py_ssize_t size, object name) except -1:
@@ -244,8 +244,7 @@ cdef class SeriesIndex:
     cdef Py_ssize_t region(self, Py_ssize_t service, const char* text, Py_ssize_t size,
                            object name) except -1:
         """The id of a region of the service with id `service` (see `service`)."""
-        return self.regions.intern(service, text, size, name,
-                                   self.new_row if self.regional else None)
+        return self.regions.intern(service, text, size, name, self.new_region_row)
 
     cdef Py_ssize_t problem(self, const char* text, Py_ssize_t size, object name) except -1:
         """The id of a problem category (see `service`); categories have no series."""

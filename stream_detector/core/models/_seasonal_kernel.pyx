@@ -206,6 +206,15 @@ cdef void gap_slot_counts(double t_start, double t_end, long long n, double step
         walk_slot_counts(t_start, n, step, counts)
 
 
+def rows_within(const Py_ssize_t[::1] rows, Py_ssize_t size):
+    """True if every row number is in 0..size-1 (the kernel indexes rows unchecked)."""
+    cdef Py_ssize_t i
+    for i in range(rows.shape[0]):
+        if not 0 <= rows[i] < size:
+            return False
+    return True
+
+
 def slot_counts(double t_start, long long n, double step, bint closed_form):
     """`gap_slot_counts` as a list of 48, so the tests can hold one way against the other."""
     cdef double counts[SLOTS]

@@ -65,7 +65,7 @@ import math
 import numpy as np
 
 from stream_detector.core.models._seasonal_kernel import PROFILE_SLOTS as SLOTS
-from stream_detector.core.models._seasonal_kernel import SeasonalKernel
+from stream_detector.core.models._seasonal_kernel import SeasonalKernel, rows_within
 from stream_detector.core.models.bank import BankScores, SingleSeries
 
 _HOUR = 3600.0
@@ -237,6 +237,11 @@ class SeasonalPoissonBank:
         self.row_floats = kernel.row_floats
         self.data = np.empty((0, self.row_floats))
         self.size = 0
+        # A row with nothing learned: no profile yet, unit scale, no times.
+        self._fresh_row = fresh = np.zeros(self.row_floats)
+        fresh[:SLOTS] = math.nan
+        fresh[[kernel.first_t, kernel.last_t]] = math.nan
+        fresh[kernel.unit] = 1.0
         # What score() computed, so that learn() of the same bucket reuses it.
         self._scored: tuple | None = None
 
@@ -259,12 +264,8 @@ class SeasonalPoissonBank:
             grown = np.empty((max(16, 2 * len(self.data)), self.row_floats))
             grown[: self.size] = self.data[: self.size]
             self.data = grown
-        row, k = self.size, self.kernel
-        self.data[row] = 0.0
-        self.data[row, :SLOTS] = math.nan
-        self.data[row, k.unit] = 1.0
-        self.data[row, k.first_t] = math.nan
-        self.data[row, k.last_t] = math.nan
+        row = self.size
+        self.data[row] = self._fresh_row
         self.size += 1
         return row
 
@@ -308,7 +309,7 @@ class SeasonalPoissonBank:
     def _checked_rows(self, rows: np.ndarray) -> np.ndarray:
         """Row numbers the compiled kernel may index without checking each (it does not)."""
         rows = np.ascontiguousarray(rows, dtype=np.intp)
-        if len(rows) and not (rows.min() >= 0 and rows.max() < self.size):
+        if not rows_within(rows, self.size):
             raise IndexError(f"rows must be in 0..{self.size - 1}")
         return rows
 
