@@ -18,7 +18,7 @@ cdef struct Name:
 
 
 cdef class Names:
-    cdef readonly list names
+    cdef list _names
     cdef Name* entries
     cdef int32_t* slots
     cdef Py_ssize_t size
@@ -29,8 +29,9 @@ cdef class Names:
                          uint64_t h) noexcept
     cdef Py_ssize_t intern(self, int64_t scope, const char* text, Py_ssize_t size, object name,
                            object new_row) except -1
-    cdef Py_ssize_t add(self, int64_t scope, str name, uint64_t h, int64_t row) except -1
+    cdef Py_ssize_t add(self, int64_t scope, str name, uint64_t h, object new_row) except -1
     cdef int _grow(self) except -1
+    cdef Py_ssize_t _checked(self, Py_ssize_t i) except -1
 
 
 cdef class SeriesIndex:
@@ -47,9 +48,20 @@ cdef class SeriesIndex:
     cdef Py_ssize_t problem(self, const char* text, Py_ssize_t size, object name) except -1
 
 
+cdef struct Grouping:
+    Py_ssize_t* start
+    Py_ssize_t* order
+    Py_ssize_t owners
+    Py_ssize_t items
+
+
 cdef class BucketTally:
     cdef Counts services
     cdef Counts regions
     cdef Counts problems
+    cdef Grouping by_region
+    cdef Grouping by_problem
     cdef readonly SeriesIndex index
     cdef int count(self, Py_ssize_t service, Py_ssize_t region, Py_ssize_t problem) except -1
+    cdef int _group(self) except -1
+    cdef list _counts_at(self, Py_ssize_t k)

@@ -95,11 +95,18 @@ cdef inline Py_ssize_t counts_find(Counts* c, uint64_t key) noexcept nogil:
 
 
 cdef int counts_grow(Counts* c) except -1:
+    """Double the room. On MemoryError the table is as it was (perhaps with spare room
+    in its arrays), so nothing is ever left pointing at freed memory."""
     cdef Py_ssize_t capacity = 2 * c.capacity, i
-    c.keys = <uint64_t*>reallocate(c.keys, capacity, sizeof(uint64_t))
-    c.counts = <int64_t*>reallocate(c.counts, capacity, sizeof(int64_t))
+    cdef int32_t* slots = empty_slots(2 * capacity)
+    try:
+        c.keys = <uint64_t*>reallocate(c.keys, capacity, sizeof(uint64_t))
+        c.counts = <int64_t*>reallocate(c.counts, capacity, sizeof(int64_t))
+    except MemoryError:
+        PyMem_Free(slots)
+        raise
     PyMem_Free(c.slots)
-    c.slots = empty_slots(2 * capacity)
+    c.slots = slots
     c.capacity = capacity
     for i in range(c.size):
         c.slots[counts_slot(c, c.keys[i])] = <int32_t>(i + 1)
@@ -132,7 +139,7 @@ cdef class Names:
     """
 
     def __cinit__(self):
-        self.names = []
+        self._names = []
         self.size = 0
         self.capacity = 0
         self.entries = NULL
@@ -173,29 +180,39 @@ cdef class Names:
         if i >= 0:
             return i
         return self.add(scope, PyUnicode_DecodeUTF8(text, size, NULL) if name is None else name,
-                        h, -1 if new_row is None else new_row())
+                        h, new_row)
 
-    cdef Py_ssize_t add(self, int64_t scope, str name, uint64_t h, int64_t row) except -1:
-        """Give `name`, not known in `scope`, the next id."""
-        cdef Py_ssize_t i = self.size
+    cdef Py_ssize_t add(self, int64_t scope, str name, uint64_t h, object new_row) except -1:
+        """Give `name`, not known in `scope`, the next id and a row (see `intern`).
+
+        Everything that can fail comes first, so a failure adds nothing.
+        """
+        cdef Py_ssize_t i = self.size, size
+        cdef const char* text = PyUnicode_AsUTF8AndSize(name, &size)
         if i == self.capacity:
             self._grow()
+        cdef int64_t row = -1 if new_row is None else new_row()
         cdef Name* entry = &self.entries[i]
-        self.names.append(name)  # keeps the UTF-8 that `text` points into alive
-        entry.text = PyUnicode_AsUTF8AndSize(name, &entry.size)
-        entry.scope, entry.hash, entry.row = scope, h, row
-        self.slots[self._slot(scope, entry.text, entry.size, h)] = <int32_t>(i + 1)
+        self._names.append(name)  # keeps the UTF-8 that `text` points into alive
+        entry.text, entry.size, entry.scope, entry.hash, entry.row = text, size, scope, h, row
+        self.slots[self._slot(scope, text, size, h)] = <int32_t>(i + 1)
         self.size += 1
         return i
 
     cdef int _grow(self) except -1:
-        """Double the room (at first, make some), keeping the slots at most half full."""
+        """Double the room (at first, make some), keeping the slots at most half full.
+        On MemoryError the table is as it was."""
         cdef Py_ssize_t capacity = max(2 * self.capacity, 64), i
-        self.entries = <Name*>reallocate(self.entries, capacity, sizeof(Name))
-        cdef Name* entries = self.entries
+        cdef int32_t* slots = empty_slots(2 * capacity)
+        try:
+            self.entries = <Name*>reallocate(self.entries, capacity, sizeof(Name))
+        except MemoryError:
+            PyMem_Free(slots)
+            raise
         PyMem_Free(self.slots)
-        self.slots = empty_slots(2 * capacity)
+        self.slots = slots
         self.capacity = capacity
+        cdef Name* entries = self.entries
         for i in range(self.size):
             self.slots[self._slot(entries[i].scope, entries[i].text, entries[i].size,
                                   entries[i].hash)] = <int32_t>(i + 1)
@@ -207,14 +224,24 @@ cdef class Names:
         cdef const char* text = PyUnicode_AsUTF8AndSize(name, &size)
         return self.find(scope, text, size, name_hash(scope, text, size))
 
+    cdef inline Py_ssize_t _checked(self, Py_ssize_t i) except -1:
+        if not 0 <= i < self.size:
+            raise IndexError(f"no name has id {i}")
+        return i
+
     def name(self, Py_ssize_t i):
-        return self.names[i]
+        return self._names[self._checked(i)]
 
     def scope(self, Py_ssize_t i):
-        return self.entries[i].scope
+        return self.entries[self._checked(i)].scope
 
     def row(self, Py_ssize_t i):
-        return self.entries[i].row
+        return self.entries[self._checked(i)].row
+
+    @property
+    def names(self):
+        """Every name, by id (a copy: the table's own list must not change)."""
+        return tuple(self._names)
 
     def __len__(self):
         return self.size
@@ -266,12 +293,12 @@ cdef class SeriesIndex:
         """[[service, row, {region: row}], ...] of every series, in the order they were added."""
         cdef Py_ssize_t i
         cdef Name* region
-        out = [[self.services.names[i], self.services.entries[i].row, {}]
+        out = [[self.services._names[i], self.services.entries[i].row, {}]
                for i in range(self.services.size)]
         for i in range(self.regions.size):
             region = &self.regions.entries[i]
             if region.row >= 0:
-                out[region.scope][2][self.regions.names[i]] = region.row
+                out[region.scope][2][self.regions._names[i]] = region.row
         return out
 
     def load(self, series):
@@ -280,18 +307,49 @@ cdef class SeriesIndex:
         cdef const char* text
         for service, row, regions in series:
             text = PyUnicode_AsUTF8AndSize(service, &size)
-            i = self.services.add(0, service, name_hash(0, text, size), row)
+            i = self.services.add(0, service, name_hash(0, text, size), lambda: row)
             for region, region_row in regions.items():
                 text = PyUnicode_AsUTF8AndSize(region, &size)
-                self.regions.add(i, region, name_hash(i, text, size), region_row)
+                self.regions.add(i, region, name_hash(i, text, size),
+                                 lambda: region_row)
 
 
 cdef inline const char* utf8(str text, Py_ssize_t* size) except NULL:
     return PyUnicode_AsUTF8AndSize(text, size)
 
 
+cdef int regroup(Grouping* g, Py_ssize_t owners, Py_ssize_t items,
+                 const Py_ssize_t* owner) except -1:
+    """Order `items` by their owner, stably (a counting sort): owner k's items are
+    `order[start[k]:start[k + 1]]`, in their own order."""
+    cdef Py_ssize_t k, j
+    g.start = <Py_ssize_t*>reallocate(g.start, owners + 1, sizeof(Py_ssize_t))
+    g.order = <Py_ssize_t*>reallocate(g.order, items, sizeof(Py_ssize_t))
+    g.owners = g.items = -1  # not valid until done
+    memset(g.start, 0, (owners + 1) * sizeof(Py_ssize_t))
+    for j in range(items):
+        if not 0 <= owner[j] < owners:
+            raise RuntimeError("a tally counted a region or problem without its service")
+        g.start[owner[j] + 1] += 1
+    for k in range(owners):
+        g.start[k + 1] += g.start[k]
+    # start[k + 1] is now where owner k's items end. Place items from the last,
+    # each just below its owner's end, which moves that end down to its start.
+    for j in range(items - 1, -1, -1):
+        g.start[owner[j] + 1] -= 1
+        g.order[g.start[owner[j] + 1]] = j
+    for k in range(owners):  # so start[k + 1] holds owner k's start: move down by one
+        g.start[k] = g.start[k + 1]
+    g.start[owners] = items
+    g.owners, g.items = owners, items
+    return 0
+
+
 cdef class BucketTally:
     """The counts of one bucket: per service, per region of a service, per problem of a service.
+
+    As a mapping it is a read-only view, `{service: [reports, {region: n},
+    {problem: n}]}`, whose values are built afresh by each lookup.
 
     >>> index = SeriesIndex(iter(range(100)).__next__, regional=True)
     >>> tally = BucketTally(index)
@@ -303,16 +361,23 @@ cdef class BucketTally:
     ([0, 1, 2], [3, 2, 1], [0, 2], [1])
     """
 
-    def __cinit__(self, SeriesIndex index):
+    def __cinit__(self, SeriesIndex index not None):
         self.index = index
         counts_init(&self.services, 16)
         counts_init(&self.regions, 32)
         counts_init(&self.problems, 32)
+        self.by_region.start = self.by_region.order = NULL
+        self.by_problem.start = self.by_problem.order = NULL
+        self.by_region.owners = self.by_problem.owners = -1
 
     def __dealloc__(self):
         counts_free(&self.services)
         counts_free(&self.regions)
         counts_free(&self.problems)
+        PyMem_Free(self.by_region.start)
+        PyMem_Free(self.by_region.order)
+        PyMem_Free(self.by_problem.start)
+        PyMem_Free(self.by_problem.order)
 
     cdef int count(self, Py_ssize_t service, Py_ssize_t region, Py_ssize_t problem) except -1:
         """Count one report of the service with id `service` (region and problem -1 if none)."""
@@ -337,6 +402,31 @@ cdef class BucketTally:
             j = self.index.problem(text, size, problem)
             counts_add(&self.problems, (<uint64_t>i << 32) | <uint64_t>j, n)
 
+    cdef int _group(self) except -1:
+        """Group the region and problem entries by their service's entry, unless no
+        entry was added since they were last grouped (counts are read live)."""
+        cdef Py_ssize_t n = self.services.size, j
+        cdef Py_ssize_t* owner
+        cdef Name* regions = self.index.regions.entries
+        if self.by_region.owners != n or self.by_region.items != self.regions.size:
+            owner = <Py_ssize_t*>allocate(self.regions.size, sizeof(Py_ssize_t))
+            try:
+                for j in range(self.regions.size):
+                    owner[j] = counts_find(&self.services,
+                                           <uint64_t>regions[self.regions.keys[j]].scope)
+                regroup(&self.by_region, n, self.regions.size, owner)
+            finally:
+                PyMem_Free(owner)
+        if self.by_problem.owners != n or self.by_problem.items != self.problems.size:
+            owner = <Py_ssize_t*>allocate(self.problems.size, sizeof(Py_ssize_t))
+            try:
+                for j in range(self.problems.size):
+                    owner[j] = counts_find(&self.services, self.problems.keys[j] >> 32)
+                regroup(&self.by_problem, n, self.problems.size, owner)
+            finally:
+                PyMem_Free(owner)
+        return 0
+
     def listing(self):
         """The bucket's series as arrays, in the order the model bank scores them.
 
@@ -347,13 +437,15 @@ cdef class BucketTally:
         order of `region_entry`) its position (-1 when regions are not
         listed) and id.
         """
+        self._group()
         cdef Py_ssize_t n_services = self.services.size, n_regions = self.regions.size
         cdef bint regional = self.index.regional
-        cdef Py_ssize_t listed = n_regions if regional else 0
-        cdef Py_ssize_t k, j, at
-        cdef Names region_names = self.index.regions
-        rows = np.empty(n_services + listed, dtype=np.intp)
-        reports = np.empty(n_services + listed, dtype=np.int64)
+        cdef Py_ssize_t k, j, m, at = 0
+        cdef Name* services_named = self.index.services.entries
+        cdef Name* regions_named = self.index.regions.entries
+        cdef Py_ssize_t listed = n_services + (n_regions if regional else 0)
+        rows = np.empty(listed, dtype=np.intp)
+        reports = np.empty(listed, dtype=np.int64)
         first = np.empty(n_services, dtype=np.intp)
         services = np.empty(n_services, dtype=np.intp)
         region_at = np.full(n_regions, -1, dtype=np.intp)
@@ -361,108 +453,92 @@ cdef class BucketTally:
         cdef Py_ssize_t[::1] rows_v = rows, first_v = first, services_v = services
         cdef Py_ssize_t[::1] region_at_v = region_at, regions_v = regions
         cdef int64_t[::1] reports_v = reports
-        cdef Py_ssize_t* next_at = <Py_ssize_t*>allocate(n_services + 1, sizeof(Py_ssize_t))
-        cdef Py_ssize_t* owner = <Py_ssize_t*>allocate(n_regions, sizeof(Py_ssize_t))
-        try:
-            # How many regions each service has, then where each service goes.
-            memset(next_at, 0, (n_services + 1) * sizeof(Py_ssize_t))
-            for j in range(n_regions):
-                regions_v[j] = <Py_ssize_t>self.regions.keys[j]
-                owner[j] = counts_find(&self.services,
-                                       <uint64_t>region_names.entries[self.regions.keys[j]].scope)
-                next_at[owner[j] + 1] += regional
-            at = 0
-            for k in range(n_services):
-                at += next_at[k]  # the regions of the service before
-                first_v[k] = at
-                services_v[k] = <Py_ssize_t>self.services.keys[k]
-                rows_v[at] = <Py_ssize_t>self.index.services.entries[self.services.keys[k]].row
-                reports_v[at] = self.services.counts[k]
-                next_at[k] = at + 1  # where its next region goes
-                at += 1
-            for j in range(listed):
-                at = next_at[owner[j]]
-                next_at[owner[j]] = at + 1
-                region_at_v[j] = at
-                rows_v[at] = <Py_ssize_t>region_names.entries[self.regions.keys[j]].row
-                reports_v[at] = self.regions.counts[j]
-        finally:
-            PyMem_Free(next_at)
-            PyMem_Free(owner)
+        for j in range(n_regions):
+            regions_v[j] = <Py_ssize_t>self.regions.keys[j]
+        for k in range(n_services):
+            first_v[k] = at
+            services_v[k] = <Py_ssize_t>self.services.keys[k]
+            rows_v[at] = <Py_ssize_t>services_named[self.services.keys[k]].row
+            reports_v[at] = self.services.counts[k]
+            at += 1
+            if regional:
+                for m in range(self.by_region.start[k], self.by_region.start[k + 1]):
+                    j = self.by_region.order[m]
+                    region_at_v[j] = at
+                    rows_v[at] = <Py_ssize_t>regions_named[self.regions.keys[j]].row
+                    reports_v[at] = self.regions.counts[j]
+                    at += 1
         return rows, reports, first, services, region_at, regions
-
-    def region_entry(self, Py_ssize_t region):
-        """The position of the region with id `region` among the bucket's; -1 if it has none."""
-        return counts_find(&self.regions, region)
 
     def service_entry(self, Py_ssize_t service):
         """The position of the service with id `service` among the bucket's; -1 if it has none."""
         return counts_find(&self.services, service)
 
-    def counts_of(self, Py_ssize_t service):
-        """[reports, {region: n}, {problem: n}] of the service with id `service`."""
-        cdef Py_ssize_t k = counts_find(&self.services, service), j
-        cdef Names region_names = self.index.regions
-        cdef list problem_names = self.index.problems.names
-        if k < 0:
-            return None
-        regions, problems = {}, {}
-        for j in range(self.regions.size):
-            if region_names.entries[self.regions.keys[j]].scope == service:
-                regions[region_names.names[self.regions.keys[j]]] = self.regions.counts[j]
-        for j in range(self.problems.size):
-            if <Py_ssize_t>(self.problems.keys[j] >> 32) == service:
-                problems[problem_names[self.problems.keys[j] & 0xffffffffULL]] = (
-                    self.problems.counts[j]
-                )
+    def region_entry(self, Py_ssize_t region):
+        """The position of the region with id `region` among the bucket's; -1 if it has none."""
+        return counts_find(&self.regions, region)
+
+    cdef list _counts_at(self, Py_ssize_t k):
+        """[reports, {region: n}, {problem: n}] of the service at entry `k`."""
+        cdef Py_ssize_t m, j
+        cdef list region_names = self.index.regions._names
+        cdef list problem_names = self.index.problems._names
+        cdef dict regions = {}, problems = {}
+        for m in range(self.by_region.start[k], self.by_region.start[k + 1]):
+            j = self.by_region.order[m]
+            regions[region_names[self.regions.keys[j]]] = self.regions.counts[j]
+        for m in range(self.by_problem.start[k], self.by_problem.start[k + 1]):
+            j = self.by_problem.order[m]
+            problems[problem_names[self.problems.keys[j] & 0xffffffffULL]] = (
+                self.problems.counts[j]
+            )
         return [self.services.counts[k], regions, problems]
 
+    def counts_of(self, Py_ssize_t service):
+        """[reports, {region: n}, {problem: n}] of the service with id `service`; None if
+        it has no reports in the bucket."""
+        cdef Py_ssize_t k = counts_find(&self.services, service)
+        if k < 0:
+            return None
+        self._group()
+        return self._counts_at(k)
+
     def to_dict(self):
-        """{service: [reports, {region: n}, {problem: n}]}, services in first-report order."""
+        """{service: [reports, {region: n}, {problem: n}]}, all in first-report order."""
         cdef Py_ssize_t k
-        cdef list names = self.index.services.names
-        out = {}
-        for k in range(self.services.size):
-            out[names[self.services.keys[k]]] = [self.services.counts[k], {}, {}]
-        cdef Names region_names = self.index.regions
-        cdef list problem_names = self.index.problems.names
-        cdef Py_ssize_t j
-        for j in range(self.regions.size):
-            region = self.regions.keys[j]
-            out[names[region_names.entries[region].scope]][1][region_names.names[region]] = (
-                self.regions.counts[j]
-            )
-        for j in range(self.problems.size):
-            out[names[self.problems.keys[j] >> 32]][2][
-                problem_names[self.problems.keys[j] & 0xffffffffULL]] = self.problems.counts[j]
-        return out
+        cdef list names = self.index.services._names
+        self._group()
+        return {names[self.services.keys[k]]: self._counts_at(k)
+                for k in range(self.services.size)}
 
     # The mapping's read side, for code that asks about one service by name.
 
-    def get(self, str service, default=None):
+    def get(self, service, default=None):
+        if type(service) is not str:
+            return default
         cdef Py_ssize_t i = self.index.service_id(service)
         counts = self.counts_of(i) if i >= 0 else None
         return default if counts is None else counts
 
-    def __getitem__(self, str service):
+    def __getitem__(self, service):
         counts = self.get(service)
         if counts is None:
             raise KeyError(service)
         return counts
 
     def __contains__(self, service):
-        return type(service) is str and self.get(service) is not None
+        return self.get(service) is not None
 
     def __iter__(self):
         cdef Py_ssize_t k
-        cdef list names = self.index.services.names
+        cdef list names = self.index.services._names
         return iter([names[self.services.keys[k]] for k in range(self.services.size)])
 
     def __len__(self):
         return self.services.size
 
     def keys(self):
-        return list(self)
+        return self.to_dict().keys()
 
     def items(self):
         return self.to_dict().items()

@@ -108,16 +108,18 @@ class _Partition:
     """What the scrape needs of one partition's services, in arrays indexed by service id.
 
     Ids are those of the partition's `SeriesIndex`: the latest bucket's
-    reports, expected, spread, score and severity level (0 none, 1 warning,
-    2 critical) per service, its recent volume, whether it is still known,
-    and the tally of its latest bucket with reports, for the breakdowns.
+    start, reports, expected, spread, score and severity level (0 none, 1
+    warning, 2 critical) per service, its recent volume, whether it is still
+    known, and the tally of its latest bucket with reports, for the
+    breakdowns.
     """
 
-    __slots__ = ("index", "reports", "expected", "spread", "score", "level", "volume",
-                 "volume_ms", "known", "latest")
+    __slots__ = ("index", "seen_ms", "reports", "expected", "spread", "score", "level",
+                 "volume", "volume_ms", "known", "latest")
 
     def __init__(self, index: SeriesIndex):
         self.index = index
+        self.seen_ms = np.zeros(0, dtype=np.int64)
         self.reports = np.zeros(0, dtype=np.int64)
         self.expected = np.zeros(0)
         self.spread = np.zeros(0)
@@ -191,6 +193,7 @@ class ServiceGauges(Collector):
             positions = np.concatenate([positions, np.array([p for _, p in quiet], dtype=np.intp)])
         reports = series.reports[positions]
         score, expected, spread = (a[positions] for a in bucket.scored)
+        table.seen_ms[ids] = bucket.start_ms
         table.reports[ids] = reports
         table.expected[ids] = expected
         table.spread[ids] = spread
@@ -221,13 +224,52 @@ class ServiceGauges(Collector):
 
     def firing_count(self) -> int:
         """Services whose latest bucket has a service-wide incident open."""
-        return sum(int(np.count_nonzero(t.level)) for t in self.partitions.values())
+        firing = [(table, i) for table in self.partitions.values()
+                  for i in np.flatnonzero(table.level).tolist()]
+        if len(self.partitions) <= 1:
+            return len(firing)
+        services = {table.index.services.name(i) for table, i in firing}
+        newest = (self._newest(service) for service in services)
+        return sum(1 for _, table, i in newest if table.level[i])
+
+    def _newest(self, service: str) -> tuple[int, _Partition, int]:
+        """(latest bucket start, partition, id) of a known service's newest entry.
+
+        A service is normally in one partition; it can be in several when its
+        reports are keyed by something else or the topic gained partitions.
+        """
+        entries = []
+        for table in self.partitions.values():
+            i = table.index.service_id(service)
+            if 0 <= i < len(table.known) and table.known[i]:
+                entries.append((int(table.seen_ms[i]), table, i))
+        return max(entries, key=_first)
 
     @property
     def known(self) -> list[str]:
         """Services still tracked: not yet forgotten for being quiet."""
-        return [t.index.services.names[i] for t in self.partitions.values()
-                for i in np.flatnonzero(t.known).tolist()]
+        return list(dict.fromkeys(
+            t.index.services.name(i) for t in self.partitions.values()
+            for i in np.flatnonzero(t.known).tolist()
+        ))
+
+    def _merged(self) -> dict[str, list]:
+        """Per known service: [its volume over all partitions, partition, id, latest
+        bucket start] of its newest entry (see `_newest`)."""
+        merged: dict[str, list] = {}
+        for table, ids, volumes in self._live_volumes():
+            name = table.index.services.name
+            for i, volume, seen_ms in zip(ids.tolist(), volumes.tolist(),
+                                          table.seen_ms[ids].tolist(), strict=True):
+                service = name(i)
+                entry = merged.get(service)
+                if entry is None:
+                    merged[service] = [volume, table, i, seen_ms]
+                else:
+                    entry[0] += volume
+                    if seen_ms > entry[3]:
+                        entry[1:] = [table, i, seen_ms]
+        return merged
 
     def _live_volumes(self) -> list[tuple[_Partition, np.ndarray, np.ndarray]]:
         """Per partition, its known services' ids and current volumes, after forgetting
@@ -252,21 +294,16 @@ class ServiceGauges(Collector):
         return iter(_service_families())
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
-        live = self._live_volumes()
-        candidates = [(table, i) for table, ids, _ in live for i in ids.tolist()]
-        volumes = np.concatenate([v for _, _, v in live]) if live else np.zeros(0)
-        top = np.argsort(-volumes, kind="stable")[:self.max_services].tolist()
-        exported = [candidates[k] for k in top]
-        chosen = set(top)
-        exported += sorted(
-            (candidates[k] for k in range(len(candidates))
-             if k not in chosen and candidates[k][0].level[candidates[k][1]]),
-            key=lambda c: c[0].index.services.names[c[1]],
-        )
+        merged = self._merged()
+        exported = heapq.nlargest(self.max_services, merged, key=lambda s: merged[s][0])
+        top = set(exported)
+        exported += sorted(s for s, (_, table, i, _) in merged.items()
+                           if table.level[i] and s not in top)
         families = _service_families()
         reports, expected, spread, score, firing, severity, regions, problems = families
-        for table, i in exported:
-            labels = [service := table.index.services.names[i]]
+        for service in exported:
+            _, table, i, _ = merged[service]
+            labels = [service]
             level = int(table.level[i])
             reports.add_metric(labels, int(table.reports[i]))
             expected.add_metric(labels, float(table.expected[i]))
@@ -311,6 +348,10 @@ def _service_families() -> list[GaugeMetricFamily]:
 
 def _count(item: tuple[str, int]) -> int:
     return item[1]
+
+
+def _first(item: tuple) -> int:
+    return item[0]
 
 
 class MetricsServer:

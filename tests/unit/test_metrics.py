@@ -107,3 +107,24 @@ def test_a_revoked_partition_takes_its_services_out_of_the_scrape():
     assert services(scrape(metrics)) == {"a", "b"}
     metrics.services.forget(1)
     assert services(scrape(metrics)) == {"a"}
+
+
+def test_a_service_in_two_partitions_is_one_series_with_its_newest_values():
+    """Reports keyed by something else than the service, or a topic that gained
+    partitions, put one service in several partitions: still one series each."""
+    metrics = DetectorMetrics(max_services=10)
+    detectors = [PartitionDetector(DetectorConfig(model="ewma", lateness_ms=5_000))
+                 for _ in range(2)]
+    # Partition 1 has 7 reports a minute, but only in the first two minutes.
+    for minute in range(5):
+        for partition, n in ((0, 3), (1, 7 if minute < 2 else 0)):
+            d = detectors[partition]
+            for _ in range(n):
+                d.add(orjson.dumps({"service": "shared", "ts": T0 + minute * MINUTE,
+                                    "region": "US"}))
+            metrics.observe_buckets(d.advance(T0 + minute * MINUTE + MINUTE // 2), partition)
+    text = metrics.exposition().decode()
+    families = {f.name: f.samples for f in text_string_to_metric_families(text)}
+    assert [s.value for s in families["stream_detector_service_reports"]] == [3]
+    assert [s.value for s in families["stream_detector_service_region_reports"]] == [3]
+    assert metrics.services.known == ["shared"]

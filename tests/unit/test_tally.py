@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from collections.abc import Mapping
 
 import orjson
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -107,3 +111,57 @@ def test_an_index_restored_from_its_items_finds_every_series_at_its_row():
     # A new series after the restore gets a new row, not one of the restored.
     BucketTally(restored).add("z", 1, {}, {})
     assert restored.row_of("z") == 100
+
+
+def test_python_callers_cannot_reach_past_the_tables():
+    index = SeriesIndex(iter(range(10)).__next__, regional=True)
+    BucketTally(index).add("x", 1, {"US": 1}, {})
+    with pytest.raises(TypeError):
+        BucketTally(None)
+    with pytest.raises(IndexError):
+        index.services.row(1)
+    with pytest.raises(IndexError):
+        index.regions.scope(-1)
+    assert index.services.names == ("x",)  # a copy: the table's own list stays as it is
+    tally = BucketTally(index)
+    assert tally.get(None, 0) == 0 and 1 not in tally
+    with pytest.raises(KeyError):
+        tally[1]
+
+
+# Fails the k-th allocation of one growing step, under the debug allocator, which
+# fills freed memory: a table left pointing at freed memory gives wrong ids or crashes.
+GROWTH_FAILURE = """
+import itertools, _testcapi
+from stream_detector.core.tally import BucketTally, SeriesIndex
+for k in range(1, 12):
+    index = SeriesIndex(itertools.count().__next__, regional=True)
+    tally = BucketTally(index)
+    for i in range({n}):
+        tally.add(f"s{{i}}", 1, {{}}, {{}})
+    name = "s{n}"
+    _testcapi.set_nomemory(k, k + 1)
+    try:
+        tally.add(name, 1, {{}}, {{}})
+        failed = False
+    except MemoryError:
+        failed = True
+    finally:
+        _testcapi.remove_mem_hooks()
+    # A failure may leave the name interned without its count, never half added.
+    assert [index.service_id(f"s{{i}}") for i in range({n})] == list(range({n})), k
+    assert len(index.services) == len(index.services.names), k
+    assert len(tally) == {n} + (not failed), k
+    tally.add(name, 1, {{}}, {{}})
+    assert index.service_id(name) == {n} and tally[name][0] >= 1, k
+    assert list(tally) == [f"s{{i}}" for i in range({n} + 1)], k
+"""
+
+
+@pytest.mark.parametrize("n", [16, 64])  # a bucket's first growth, the names' first growth
+def test_a_failed_allocation_while_growing_leaves_the_tables_as_they_were(n):
+    pytest.importorskip("_testcapi")
+    env = {**os.environ, "PYTHONMALLOC": "debug"}
+    result = subprocess.run([sys.executable, "-c", GROWTH_FAILURE.format(n=n)], env=env,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
