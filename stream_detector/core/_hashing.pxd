@@ -9,7 +9,7 @@ from libc.stdint cimport uint64_t
 
 
 cdef inline uint64_t fnv1a(uint64_t h, const char* data, Py_ssize_t n) noexcept nogil:
-    """Continue an FNV-1a hash `h` (start from `FNV_OFFSET`) over `n` bytes."""
+    """Continue an FNV-1a hash `h` (start from `fnv_offset()`) over `n` bytes."""
     cdef Py_ssize_t i
     for i in range(n):
         h = (h ^ <unsigned char>data[i]) * 1099511628211ULL

@@ -10,10 +10,6 @@ from __future__ import annotations
 
 from stream_detector.core.tally import BucketTally, SeriesIndex
 
-# What one bucket holds for one service, as a tally reads it:
-# [reports, {region: n}, {problem: n}].
-ServiceCounts = list
-
 
 class BucketCounter:
     """Open buckets of one partition, keyed by start time in epoch milliseconds.

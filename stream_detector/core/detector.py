@@ -88,14 +88,14 @@ class BucketSeries:
     @property
     def keys(self) -> list[SeriesKey]:
         if self._keys is None:
-            names = self.index.services.names
-            region_names, regions = self.index.regions, self.index.regions.names
+            service_name = self.index.services.name
+            regions = self.index.regions
             keys: list = [None] * (len(self.rows) - len(self.extra))
             for at, service in zip(self.first.tolist(), self.services.tolist(), strict=True):
-                keys[at] = (names[service], None)
+                keys[at] = (service_name(service), None)
             for at, region in zip(self.region_at.tolist(), self.regions.tolist(), strict=True):
                 if at >= 0:
-                    keys[at] = (names[region_names.scope(region)], regions[region])
+                    keys[at] = (service_name(regions.scope(region)), regions.name(region))
             self._keys = keys + self.extra
         return self._keys
 
@@ -275,7 +275,7 @@ class PartitionDetector:
             if service not in services:
                 service_counts = counts.get(service)
                 concentrated = set() if service_counts is None else self._concentrated_regions(
-                    service, series.index_of((service, None)), service_counts, scored
+                    service, series, service_counts, scored
                 )
                 services[service] = service_counts, concentrated
             service_counts, concentrated = services[service]
@@ -316,27 +316,27 @@ class PartitionDetector:
         return self.index.row_of(*key)
 
     def _concentrated_regions(
-        self, service: str, i: int, service_counts: list, scored: BankScores
+        self, service: str, series: BucketSeries, service_counts: list, scored: BankScores
     ) -> set[str]:
         """Regions that explain most of this bucket's excess on their own.
 
         Then the outage is regional: it opens incidents per region, naming
         them, instead of one service-wide incident. A service-wide outage lifts
         every region (or the regions that make up most of the normal traffic)
-        and is reported once, for the service. `i` is the service's index in
-        the bucket; its regions follow it (see `_series_of`).
+        and is reported once, for the service.
         """
         reports, regions, _ = service_counts
         if not self.config.regions or not regions or (service, None) in self.incidents.open:
             return set()
         policy = self.config.policy
         score, expected, spread = scored
+        i = series.index_of((service, None))
         # Index of each anomalous region's series in this bucket.
-        anomalous = {
-            region: j for j, region in enumerate(regions, i + 1)
-            if score[j] >= policy.open_score
-            and regions[region] > expected[j] + policy.band_spreads * spread[j]
-        }
+        anomalous = {}
+        for region, n in regions.items():
+            j = series.index_of((service, region))
+            if score[j] >= policy.open_score and n > expected[j] + policy.band_spreads * spread[j]:
+                anomalous[region] = j
         if not anomalous or len(anomalous) > policy.max_regional:
             return set()
         # Regions that carry most of the normal traffic are the service itself.

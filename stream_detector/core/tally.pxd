@@ -29,7 +29,8 @@ cdef class Names:
                          uint64_t h) noexcept
     cdef Py_ssize_t intern(self, int64_t scope, const char* text, Py_ssize_t size, object name,
                            object new_row) except -1
-    cdef Py_ssize_t add(self, int64_t scope, str name, uint64_t h, object new_row) except -1
+    cdef Py_ssize_t add(self, int64_t scope, str name, uint64_t h, object new_row,
+                        int64_t row) except -1
     cdef int _grow(self) except -1
     cdef Py_ssize_t _checked(self, Py_ssize_t i) except -1
 

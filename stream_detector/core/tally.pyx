@@ -180,20 +180,28 @@ cdef class Names:
         if i >= 0:
             return i
         return self.add(scope, PyUnicode_DecodeUTF8(text, size, NULL) if name is None else name,
-                        h, new_row)
+                        h, new_row, -1)
 
-    cdef Py_ssize_t add(self, int64_t scope, str name, uint64_t h, object new_row) except -1:
-        """Give `name`, not known in `scope`, the next id and a row (see `intern`).
+    cdef Py_ssize_t add(self, int64_t scope, str name, uint64_t h, object new_row,
+                        int64_t row) except -1:
+        """Give `name`, not known in `scope`, the next id, with the row `new_row()`
+        gives (or `row` if `new_row` is None).
 
-        Everything that can fail comes first, so a failure adds nothing.
+        Everything that can fail comes before the name is added, and the row,
+        which cannot be taken back, last: a failure adds nothing.
         """
         cdef Py_ssize_t i = self.size, size
         cdef const char* text = PyUnicode_AsUTF8AndSize(name, &size)
         if i == self.capacity:
             self._grow()
-        cdef int64_t row = -1 if new_row is None else new_row()
-        cdef Name* entry = &self.entries[i]
         self._names.append(name)  # keeps the UTF-8 that `text` points into alive
+        if new_row is not None:
+            try:
+                row = new_row()
+            except BaseException:
+                self._names.pop()
+                raise
+        cdef Name* entry = &self.entries[i]
         entry.text, entry.size, entry.scope, entry.hash, entry.row = text, size, scope, h, row
         self.slots[self._slot(scope, text, size, h)] = <int32_t>(i + 1)
         self.size += 1
@@ -255,10 +263,13 @@ cdef class SeriesIndex:
     first report is counted.
     """
 
-    def __init__(self, new_row, bint regional):
+    def __cinit__(self):
+        # In __cinit__, so that no instance can exist without its tables.
         self.services = Names()
         self.regions = Names()
         self.problems = Names()
+
+    def __init__(self, new_row, bint regional):
         self.new_row = new_row
         self.new_region_row = new_row if regional else None
         self.regional = regional
@@ -307,15 +318,10 @@ cdef class SeriesIndex:
         cdef const char* text
         for service, row, regions in series:
             text = PyUnicode_AsUTF8AndSize(service, &size)
-            i = self.services.add(0, service, name_hash(0, text, size), lambda: row)
+            i = self.services.add(0, service, name_hash(0, text, size), None, row)
             for region, region_row in regions.items():
                 text = PyUnicode_AsUTF8AndSize(region, &size)
-                self.regions.add(i, region, name_hash(i, text, size),
-                                 lambda: region_row)
-
-
-cdef inline const char* utf8(str text, Py_ssize_t* size) except NULL:
-    return PyUnicode_AsUTF8AndSize(text, size)
+                self.regions.add(i, region, name_hash(i, text, size), None, region_row)
 
 
 cdef int regroup(Grouping* g, Py_ssize_t owners, Py_ssize_t items,
@@ -391,14 +397,14 @@ cdef class BucketTally:
     def add(self, str service, int64_t reports, dict regions, dict problems):
         """Add a service's counts in the mapping's shape (as a snapshot keeps them)."""
         cdef Py_ssize_t size
-        cdef const char* text = utf8(service, &size)
+        cdef const char* text = PyUnicode_AsUTF8AndSize(service, &size)
         cdef Py_ssize_t i = self.index.service(text, size, service), j
         counts_add(&self.services, i, reports)
         for region, n in regions.items():
-            text = utf8(region, &size)
+            text = PyUnicode_AsUTF8AndSize(region, &size)
             counts_add(&self.regions, self.index.region(i, text, size, region), n)
         for problem, n in problems.items():
-            text = utf8(problem, &size)
+            text = PyUnicode_AsUTF8AndSize(problem, &size)
             j = self.index.problem(text, size, problem)
             counts_add(&self.problems, (<uint64_t>i << 32) | <uint64_t>j, n)
 

@@ -89,7 +89,7 @@ class DetectorMetrics:
             if n:
                 self.reports.labels(outcome).inc(n)
 
-    def observe_buckets(self, closed: Iterable[ClosedBucket], partition: int = 0) -> None:
+    def observe_buckets(self, closed: Iterable[ClosedBucket], partition: int) -> None:
         """Record what the per-service gauges will show from a partition's buckets just closed."""
         for bucket in closed:
             self.buckets_closed.inc()
@@ -114,8 +114,9 @@ class _Partition:
     breakdowns.
     """
 
-    __slots__ = ("index", "seen_ms", "reports", "expected", "spread", "score", "level",
-                 "volume", "volume_ms", "known", "latest")
+    ARRAYS = ("seen_ms", "reports", "expected", "spread", "score", "level", "volume",
+              "volume_ms", "known", "latest")
+    __slots__ = ("index", *ARRAYS)
 
     def __init__(self, index: SeriesIndex):
         self.index = index
@@ -137,7 +138,7 @@ class _Partition:
         if size <= old:
             return
         size = max(size, 2 * old)
-        for name in self.__slots__[1:]:
+        for name in self.ARRAYS:
             array = getattr(self, name)
             grown = np.zeros(size, dtype=array.dtype)
             grown[:old] = array
@@ -169,7 +170,7 @@ class ServiceGauges(Collector):
         self.now_ms = 0
         self._sweep_at = max_services
 
-    def observe(self, bucket: ClosedBucket, partition: int = 0) -> None:
+    def observe(self, bucket: ClosedBucket, partition: int) -> None:
         """Store each service's latest score and counts, add to its volume, track firing.
 
         The services of a bucket are those with reports and those of open
@@ -210,6 +211,8 @@ class ServiceGauges(Collector):
         decay = VOLUME_DECAY ** ((now - table.volume_ms[counted]) // self.bucket_ms)
         table.volume[counted] = table.volume[counted] * decay + reports[:len(counted)]
         table.volume_ms[counted] = now
+        # Filled, not built from a list: NumPy would take the tally, a mapping
+        # with a length, for a sequence to unpack.
         latest = np.empty(len(counted), dtype=object)
         latest.fill(bucket.counts)
         table.latest[counted] = latest
@@ -223,27 +226,9 @@ class ServiceGauges(Collector):
         self.partitions.pop(partition, None)
 
     def firing_count(self) -> int:
-        """Services whose latest bucket has a service-wide incident open."""
-        firing = [(table, i) for table in self.partitions.values()
-                  for i in np.flatnonzero(table.level).tolist()]
-        if len(self.partitions) <= 1:
-            return len(firing)
-        services = {table.index.services.name(i) for table, i in firing}
-        newest = (self._newest(service) for service in services)
-        return sum(1 for _, table, i in newest if table.level[i])
-
-    def _newest(self, service: str) -> tuple[int, _Partition, int]:
-        """(latest bucket start, partition, id) of a known service's newest entry.
-
-        A service is normally in one partition; it can be in several when its
-        reports are keyed by something else or the topic gained partitions.
-        """
-        entries = []
-        for table in self.partitions.values():
-            i = table.index.service_id(service)
-            if 0 <= i < len(table.known) and table.known[i]:
-                entries.append((int(table.seen_ms[i]), table, i))
-        return max(entries, key=_first)
+        """Services with a service-wide incident open (in any partition, counted once)."""
+        return len({table.index.services.name(i) for table in self.partitions.values()
+                    for i in np.flatnonzero(table.level).tolist()})
 
     @property
     def known(self) -> list[str]:
@@ -254,21 +239,30 @@ class ServiceGauges(Collector):
         ))
 
     def _merged(self) -> dict[str, list]:
-        """Per known service: [its volume over all partitions, partition, id, latest
-        bucket start] of its newest entry (see `_newest`)."""
+        """Per known service: [volume, level, partition, id, latest bucket start].
+
+        A service is normally in one partition. It can be in several when its
+        reports are keyed by something else or the topic gained partitions:
+        then its volumes add up, its values are those of its newest entry,
+        and it is firing if any partition has an incident open on it (that
+        partition scores it in every bucket, so its entry is current).
+        """
         merged: dict[str, list] = {}
         for table, ids, volumes in self._live_volumes():
             name = table.index.services.name
-            for i, volume, seen_ms in zip(ids.tolist(), volumes.tolist(),
-                                          table.seen_ms[ids].tolist(), strict=True):
+            for i, volume, level, seen_ms in zip(
+                ids.tolist(), volumes.tolist(), table.level[ids].tolist(),
+                table.seen_ms[ids].tolist(), strict=True,
+            ):
                 service = name(i)
                 entry = merged.get(service)
                 if entry is None:
-                    merged[service] = [volume, table, i, seen_ms]
+                    merged[service] = [volume, level, table, i, seen_ms]
                 else:
                     entry[0] += volume
-                    if seen_ms > entry[3]:
-                        entry[1:] = [table, i, seen_ms]
+                    entry[1] = max(entry[1], level)
+                    if seen_ms > entry[4]:
+                        entry[2:] = [table, i, seen_ms]
         return merged
 
     def _live_volumes(self) -> list[tuple[_Partition, np.ndarray, np.ndarray]]:
@@ -297,14 +291,12 @@ class ServiceGauges(Collector):
         merged = self._merged()
         exported = heapq.nlargest(self.max_services, merged, key=lambda s: merged[s][0])
         top = set(exported)
-        exported += sorted(s for s, (_, table, i, _) in merged.items()
-                           if table.level[i] and s not in top)
+        exported += sorted(s for s, entry in merged.items() if entry[1] and s not in top)
         families = _service_families()
         reports, expected, spread, score, firing, severity, regions, problems = families
         for service in exported:
-            _, table, i, _ = merged[service]
+            _, level, table, i, _ = merged[service]
             labels = [service]
-            level = int(table.level[i])
             reports.add_metric(labels, int(table.reports[i]))
             expected.add_metric(labels, float(table.expected[i]))
             spread.add_metric(labels, float(table.spread[i]))
@@ -349,9 +341,6 @@ def _service_families() -> list[GaugeMetricFamily]:
 def _count(item: tuple[str, int]) -> int:
     return item[1]
 
-
-def _first(item: tuple) -> int:
-    return item[0]
 
 
 class MetricsServer:

@@ -13,7 +13,8 @@ T0 = 1_767_571_200_000  # Monday 2026-01-05 00:00 UTC
 MINUTE = 60_000
 
 
-def feed(d: PartitionDetector, metrics: DetectorMetrics, minutes: range, rates) -> None:
+def feed(d: PartitionDetector, metrics: DetectorMetrics, minutes: range, rates,
+         partition: int = 0) -> None:
     """Send `rates(minute)` = {service: reports} for each minute, closing buckets as they pass."""
     for minute in minutes:
         for service, n in rates(minute).items():
@@ -21,7 +22,7 @@ def feed(d: PartitionDetector, metrics: DetectorMetrics, minutes: range, rates) 
                 ts = T0 + minute * MINUTE + i * MINUTE // n
                 d.add(orjson.dumps({"service": service, "ts": ts, "region": "US",
                                     "problem": "login"}))
-        metrics.observe_buckets(d.advance())
+        metrics.observe_buckets(d.advance(), partition)
 
 
 def scrape(metrics: DetectorMetrics) -> dict[str, dict[tuple[str, ...], float]]:
@@ -128,3 +129,28 @@ def test_a_service_in_two_partitions_is_one_series_with_its_newest_values():
     assert [s.value for s in families["stream_detector_service_reports"]] == [3]
     assert [s.value for s in families["stream_detector_service_region_reports"]] == [3]
     assert metrics.services.known == ["shared"]
+
+
+def test_a_service_firing_in_one_of_its_partitions_is_firing_once():
+    """The other partition closes the same minutes without an incident: that must not hide it."""
+    metrics = DetectorMetrics(max_services=5)
+    calm, outage = (PartitionDetector(DetectorConfig(model="ewma", lateness_ms=5_000))
+                    for _ in range(2))
+    for minute in range(104):
+        feed(calm, metrics, range(minute, minute + 1), lambda m: {"x": 2}, partition=0)
+        feed(outage, metrics, range(minute, minute + 1),
+             lambda m: {"x": 60 if m >= 100 else 2}, partition=1)
+    samples = scrape(metrics)
+    assert samples["stream_detector_incidents_open"][()] == 1
+    assert samples["stream_detector_service_incident_firing"] == {("x",): 1}
+    assert samples["stream_detector_service_incident_severity"] == {("x",): 2}
+
+
+def test_a_restored_partition_starts_its_services_afresh():
+    metrics = DetectorMetrics(max_services=5)
+    before = PartitionDetector(DetectorConfig(model="ewma", lateness_ms=5_000))
+    feed(before, metrics, range(3), lambda m: {"a": 5})
+    # The partition's detector is replaced, as by a restore: its ids mean other services.
+    after = PartitionDetector(DetectorConfig(model="ewma", lateness_ms=5_000))
+    feed(after, metrics, range(3, 6), lambda m: {"b": 5})
+    assert services(scrape(metrics)) == {"b"}

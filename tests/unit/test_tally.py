@@ -70,6 +70,30 @@ def test_a_tally_reads_as_the_counts_and_lists_each_service_before_its_regions(r
     assert (region_at >= 0).all() if regional else (region_at == -1).all()
 
 
+def test_a_tally_read_mid_bucket_still_sees_what_is_counted_after():
+    """Reading groups a tally's entries by service; a later region or problem of a
+    service already counted (a snapshot taken mid-bucket, then more reports) joins it."""
+    index = SeriesIndex(iter(range(10)).__next__, regional=True)
+    tally = BucketTally(index)
+    tally.add("x", 1, {"US": 1}, {"login": 1})
+    assert tally.to_dict() == {"x": [1, {"US": 1}, {"login": 1}]}
+    tally.add("x", 1, {"DE": 1}, {"app": 1})
+    assert tally["x"] == [2, {"US": 1, "DE": 1}, {"login": 1, "app": 1}]
+    rows, reports, _, _, _, _ = tally.listing()
+    assert rows.tolist() == [0, 1, 2] and reports.tolist() == [2, 1, 1]
+
+
+def test_the_doctests_of_the_compiled_modules_pass():
+    """pytest does not collect doctests from compiled modules."""
+    import doctest
+
+    from stream_detector.core import reporters, tally
+    from stream_detector.core.models import _seasonal_kernel
+    for module in (tally, reporters, _seasonal_kernel):
+        failed, attempted = doctest.testmod(module)
+        assert attempted and not failed, module.__name__
+
+
 def test_the_same_region_of_two_services_is_two_series():
     index = SeriesIndex(iter(range(10)).__next__, regional=True)
     tally = BucketTally(index)
@@ -154,6 +178,7 @@ for k in range(1, 12):
     assert len(tally) == {n} + (not failed), k
     tally.add(name, 1, {{}}, {{}})
     assert index.service_id(name) == {n} and tally[name][0] >= 1, k
+    assert index.row_of(name) == {n}, k  # no bank row was spent on a failed add
     assert list(tally) == [f"s{{i}}" for i in range({n} + 1)], k
 """
 
