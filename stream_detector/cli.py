@@ -154,7 +154,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         settings = _settings_from(args, ("bootstrap_servers", "security_protocol", "ssl_cafile",
                                          "ssl_certfile", "ssl_keyfile", "sasl_mechanism",
                                          "sasl_username", "sasl_password"))
-        from stream_detector.io.kafka import BrokerUnreachable
+        from stream_detector.io.clients import BrokerUnreachable
 
         try:
             n = asyncio.run(publish_to_kafka(
@@ -183,7 +183,8 @@ COMMANDS = {"run": cmd_run, "simulate": cmd_simulate, "backtest": cmd_backtest, 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from stream_detector.embedded import EmbeddedBrokerError
-    from stream_detector.io.kafka import BrokerUnreachable, StateUnusable
+    from stream_detector.io.clients import BrokerUnreachable
+    from stream_detector.io.kafka import StateUnusable
 
     try:
         return COMMANDS[args.command](args)

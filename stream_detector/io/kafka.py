@@ -28,30 +28,24 @@ from collections.abc import Awaitable, Callable
 
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
-from aiokafka.errors import KafkaConnectionError, KafkaError
+from aiokafka.errors import KafkaError
 
 from stream_detector.config import Settings
 from stream_detector.core import snapshot
 from stream_detector.core.detector import OUTCOMES, ClosedBucket, PartitionDetector
 from stream_detector.core.events import InvalidReport
+from stream_detector.io.clients import (
+    BrokerUnreachable,
+    build_consumer,
+    build_producer,
+    start_client,
+)
 from stream_detector.io.metrics import DetectorMetrics
 from stream_detector.io.state import KafkaSnapshotStore, LocalSnapshotStore
 
 log = logging.getLogger("stream_detector")
 
 MAX_BATCH = 10_000
-# How the reports consumer fetches. Large fetches, for throughput. A short
-# long-poll because aiokafka keeps one fetch in flight per broker: when some
-# partitions are at the end of their log and another still has a backlog, a
-# fetch for the caught-up ones waits out the whole long-poll (500 ms by
-# default) while the busy partition's data sits on the broker. Measured on
-# bench/throughput.py, whose partitions fill unevenly: 9 stalls of 200 ms in
-# one run of a million reports. Idle, it costs 10 empty fetches a second.
-CONSUMER_FETCH = {"max_partition_fetch_bytes": 4 * 1024 * 1024, "fetch_max_wait_ms": 100}
-
-
-class BrokerUnreachable(RuntimeError):
-    """The broker named by `bootstrap_servers` did not answer."""
 
 
 class StateUnusable(RuntimeError):
@@ -60,29 +54,6 @@ class StateUnusable(RuntimeError):
 
 def wall_ms() -> int:
     return int(time.time() * 1000)
-
-
-def build_producer(settings: Settings) -> AIOKafkaProducer:
-    # The idempotent producer is not required: alerts carry a stable alert_id,
-    # and not every Kafka-compatible broker supports it.
-    return AIOKafkaProducer(
-        **settings.kafka_client_options(),
-        enable_idempotence=False,
-        acks="all",
-        linger_ms=5,
-        request_timeout_ms=30_000,
-    )
-
-
-async def start_client(client: AIOKafkaConsumer | AIOKafkaProducer, settings: Settings) -> None:
-    try:
-        await client.start()
-    except (KafkaConnectionError, KafkaError, OSError) as exc:
-        raise BrokerUnreachable(
-            f"cannot reach the Kafka broker at bootstrap_servers={settings.bootstrap_servers} "
-            f"({type(exc).__name__}); check the bootstrap_servers setting and that the broker "
-            "is running"
-        ) from None
 
 
 class _Rebalance(ConsumerRebalanceListener):
@@ -137,13 +108,7 @@ class DetectorService:
         except BrokerUnreachable:
             await self.producer.stop()
             raise
-        self.consumer = AIOKafkaConsumer(
-            **s.kafka_client_options(),
-            group_id=s.group_id,
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
-            **CONSUMER_FETCH,
-        )
+        self.consumer = build_consumer(s)
         try:
             await start_client(self.consumer, s)
         except BrokerUnreachable:

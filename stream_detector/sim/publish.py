@@ -71,7 +71,7 @@ async def publish_to_kafka(
     """
     if speed < 0 or math.isnan(speed):
         raise ValueError(f"speed must be 0 (as fast as possible) or more, not {speed}")
-    from stream_detector.io.kafka import BrokerUnreachable
+    from stream_detector.io.clients import BrokerUnreachable
 
     config: dict[str, Any] = {
         # The embedded test broker does not support the idempotent producer.
