@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import csv
 import math
+import statistics
 import sys
 from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime
@@ -63,9 +64,12 @@ def parse_timestamp(text: str) -> float:
 def read_series_csv(path: str | Path) -> list[tuple[str, float]]:
     """Rows `(timestamp, value)` of a CSV file with a header naming `timestamp` and `value`.
 
-    Raises `ValueError` with one sentence naming the file and line for
-    anything that cannot be scored: a missing column, an unreadable
-    timestamp or value, a negative value, or time going backwards.
+    Real files are taken as they are: a repeated timestamp is one more row
+    (scored in file order, as a clock that stood still wrote it), gaps may be
+    irregular, and negative and zero values are values. Raises `ValueError`
+    with one sentence naming the file and line for anything that cannot be
+    scored: a missing column, an unreadable timestamp, a value that is not a
+    finite number, or time going backwards (an unsorted file).
     """
     path = Path(path)
     try:
@@ -87,7 +91,7 @@ def read_series_csv(path: str | Path) -> list[tuple[str, float]]:
             )
         ti, vi = names.index("timestamp"), names.index("value")
         rows: list[tuple[str, float]] = []
-        last_t = -math.inf
+        last_t, last_stamp, last_line = -math.inf, "", 0
         try:
             for record in reader:
                 line = reader.line_num
@@ -107,17 +111,16 @@ def read_series_csv(path: str | Path) -> list[tuple[str, float]]:
                     value = float(text)
                 except ValueError:
                     raise ValueError(f"{path}, line {line}: {text!r} is not a number.") from None
-                if not math.isfinite(value) or value < 0:
+                if not math.isfinite(value):
                     raise ValueError(
-                        f"{path}, line {line}: the value {text} is not a finite, "
-                        "non-negative number."
+                        f"{path}, line {line}: the value {text} is not a finite number."
                     )
-                if t <= last_t:
+                if t < last_t:
                     raise ValueError(
-                        f"{path}, line {line}: timestamp {stamp} does not come after "
-                        "the row before it; sort the file by time."
+                        f"{path}, line {line}: timestamp {stamp} comes before the row "
+                        f"before it ({last_stamp}, line {last_line}); sort the file by time."
                     )
-                last_t = t
+                last_t, last_stamp, last_line = t, stamp, line
                 rows.append((stamp, value))
         except (csv.Error, UnicodeDecodeError) as exc:
             raise ValueError(f"{path}, line {reader.line_num}: not valid CSV ({exc}).") from None
@@ -205,20 +208,46 @@ def build_model(name: str, bucket_seconds: float, direction: str = "up") -> Seri
     return down if direction == "down" else _EitherWay(factory(bucket_seconds), down)
 
 
+COUNT_MODEL = DEFAULT_MODEL
+METRIC_MODEL = "metric"
+# Rows with a positive gap after them that fix the bucket width (their median).
+WIDTH_GAPS = 8
+
+
+def model_for_values(values: Iterable[float]) -> str:
+    """The model `backtest --input` uses when none is named: counts or any metric.
+
+    A series every value of which is a non-negative integer is a count (reports,
+    requests, mentions per bucket) and gets the seasonal count model; anything
+    else (negative, fractional: CPU percent, latency, averaged bytes) gets the
+    general metric model. It is a property of the file's kind, as a person
+    choosing the model would read it, not of its anomalies.
+
+    >>> model_for_values([0.0, 3.0, 12.0]), model_for_values([0.5, 3.0]), model_for_values([-1.0])
+    ('seasonal-poisson', 'metric', 'metric')
+    """
+    for v in values:
+        if v < 0 or v != int(v):
+            return METRIC_MODEL
+    return COUNT_MODEL
+
+
 def score_series(
     rows: Iterable[tuple[str, float]],
-    model: str = DEFAULT_MODEL,
+    model: str | None = None,
     direction: str = "up",
     threshold: float = DEFAULT_THRESHOLD,
     hold_seconds: float = DEFAULT_HOLD_SECONDS,
     hold_weight: float = 1.0,
 ) -> Iterator[dict]:
-    """Score a pre-bucketed series row by row, online.
+    """Score a pre-bucketed series row by row, online; one output row per input row.
 
-    The bucket width the model is built for is the first gap between rows;
-    the first row is only learned (its score is 0, as in any warm-up). Gaps
-    in an irregular series are not read as empty buckets: the rows are what
-    the series is.
+    `model` None chooses by the values (`model_for_values`). The bucket width
+    the model is built for is the median of the first `WIDTH_GAPS` positive
+    gaps between rows; the rows up to then score 0 (any model is warming up
+    then) and are learned as soon as the model exists. Repeated timestamps are
+    rows like any other, in file order. Gaps in an irregular series are not
+    read as empty buckets: the rows are what the series is.
 
     >>> rows = [(str(1_700_000_000 + 300 * i), 10.0 + i % 3) for i in range(1000)]
     >>> rows.append((str(1_700_000_000 + 300 * 1000), 200.0))
@@ -226,20 +255,27 @@ def score_series(
     >>> out[0]["anomaly_score"], sum(r["alert"] for r in out[:-1]), out[-1]["alert"]
     (0.0, 0, 1)
     """
-    model_name = model or DEFAULT_MODEL
+    if model is None:
+        rows = list(rows)
+        model = model_for_values(v for _, v in rows)
     series: SeriesModel | None = None
-    first: tuple[float, float] | None = None
+    pending: list[tuple[float, float]] = []
+    gaps: list[float] = []
     hold_until = -math.inf
     for stamp, value in rows:
         t = parse_timestamp(stamp)
         if series is None:
-            if first is None:
-                first = (t, value)
+            if pending and t > pending[-1][0]:
+                gaps.append(t - pending[-1][0])
+            pending.append((t, value))
+            if len(gaps) < WIDTH_GAPS:
                 yield {"timestamp": stamp, "value": value, "anomaly_score": 0.0,
                        "expected": value, "alert": 0}
                 continue
-            series = build_model(model_name, t - first[0], direction)
-            series.learn_one(first[0], first[1])
+            series = build_model(model, statistics.median(gaps), direction)
+            for pt, pv in pending[:-1]:
+                series.learn_one(pt, pv)
+            pending = []
         scored = series.score_one(t, value)
         held = t < hold_until
         alert = 0
@@ -259,8 +295,12 @@ def score_series_file(
     model: str | None = None,
     progress: IO[str] | None = sys.stderr,
 ) -> int:
-    """`backtest --input`: read, score and write one series; returns the rows written."""
+    """`backtest --input`: read, score and write one series; returns the rows written.
+
+    Without `model`, the values choose it (`model_for_values`).
+    """
     rows = read_series_csv(input_path)
+    model = model or model_for_values(v for _, v in rows)
 
     def counted(scored: Iterator[dict]) -> Iterator[dict]:
         for n, row in enumerate(scored, 1):
@@ -269,8 +309,9 @@ def score_series_file(
                 progress.flush()
             yield row
 
-    n = write_scored_csv(output_path, counted(score_series(rows, model or DEFAULT_MODEL,
-                                                           direction)))
     if progress is not None:
-            progress.write(f"\r{n:,} rows scored -> {output_path}\n")
+        progress.write(f"{input_path}: {len(rows):,} rows, model {model}\n")
+    n = write_scored_csv(output_path, counted(score_series(rows, model, direction)))
+    if progress is not None:
+        progress.write(f"\r{n:,} rows scored -> {output_path}\n")
     return n

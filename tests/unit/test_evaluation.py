@@ -150,8 +150,8 @@ def test_csv_round_trip_and_scored_columns(tmp_path):
         ("time,count\n1,2\n", "line 1: the header must name"),
         ("timestamp,value\n2015-02-26 21:42:53,3\nyesterday,4\n", "line 3: 'yesterday' is not"),
         ("timestamp,value\n2015-02-26T21:42:53Z,three\n", "line 2: 'three' is not a number"),
-        ("timestamp,value\n1424986973,-1\n", "line 2: the value -1 is not"),
-        ("timestamp,value\n1424986973,1\n1424986973,2\n", "line 3: timestamp 1424986973"),
+        ("timestamp,value\n1424986973,nan\n", "line 2: the value nan is not a finite"),
+        ("timestamp,value\n1424986973,1\n1424986970,2\n", "line 3: timestamp 1424986970"),
     ],
 )
 def test_a_bad_file_names_the_file_and_line(tmp_path, text, message):
