@@ -7,6 +7,7 @@ from collections.abc import Callable
 from stream_detector.core.models.bank import ModelBank, PerSeriesBank
 from stream_detector.core.models.base import Scored, SeriesModel
 from stream_detector.core.models.ewma import EWMAModel
+from stream_detector.core.models.metric import MetricModel
 from stream_detector.core.models.seasonal_poisson import SeasonalPoissonBank, SeasonalPoissonModel
 
 ModelFactory = Callable[[float], SeriesModel]
@@ -15,6 +16,7 @@ ModelFactory = Callable[[float], SeriesModel]
 MODELS: dict[str, ModelFactory] = {
     "ewma": lambda bucket_seconds: EWMAModel(bucket_seconds),
     "seasonal-poisson": lambda bucket_seconds: SeasonalPoissonModel(bucket_seconds),
+    "metric": lambda bucket_seconds: MetricModel(bucket_seconds),
 }
 
 # Models that can score drops as well as rises: factory(bucket_seconds, direction),
@@ -24,6 +26,7 @@ DIRECTIONAL_MODELS: dict[str, Callable[[float, str], SeriesModel]] = {
     "seasonal-poisson": lambda bucket_seconds, direction: SeasonalPoissonModel(
         bucket_seconds, direction=direction
     ),
+    "metric": lambda bucket_seconds, direction: MetricModel(bucket_seconds, direction),
 }
 
 # Models with an array implementation for many series at once; the detector
@@ -55,6 +58,7 @@ __all__ = [
     "DEFAULT_MODEL",
     "DIRECTIONAL_MODELS",
     "MODELS",
+    "MetricModel",
     "ModelBank",
     "ModelFactory",
     "Scored",
