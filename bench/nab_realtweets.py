@@ -18,7 +18,6 @@ for unseen series.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import sys
 import time
@@ -35,7 +34,11 @@ from stream_detector.evaluation import (  # noqa: E402
     nab_score,
     nab_window_rows,
 )
-from stream_detector.series_backtest import DEFAULT_THRESHOLD, score_series  # noqa: E402
+from stream_detector.series_backtest import (  # noqa: E402
+    DEFAULT_THRESHOLD,
+    read_series_csv,
+    score_series,
+)
 
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "nab-realtweets"
 DEFAULT_MODELS = ("ewma", "seasonal-poisson")
@@ -48,22 +51,34 @@ class NabSeries:
     windows: list[tuple[int, int]]
 
 
-def load_realtweets(data: Path) -> list[NabSeries]:
-    """The ten files with their labelled windows as row indices."""
+def load_nab(data: Path) -> list[NabSeries]:
+    """The files `windows.json` in `data` names (paths relative to it), with their windows.
+
+    Files are read as `backtest --input` reads them (`read_series_csv`).
+    """
+    if not (data / "windows.json").is_file():
+        raise ValueError(f"{data}: no windows.json there; pass --data")
     windows = json.loads((data / "windows.json").read_text())
     series = []
     for name in sorted(windows):
-        with (data / name).open(newline="") as handle:
-            reader = csv.reader(handle)
-            next(reader)
-            rows = [(r[0], float(r[1])) for r in reader if r]
+        rows = read_series_csv(data / name)
         stamps = [r[0] for r in rows]
         series.append(NabSeries(name, rows, nab_window_rows(stamps, windows[name])))
     return series
 
 
-def run_model(series: list[NabSeries], model: str, **options) -> list[NabFile]:
-    """Anomaly scores of `model` for every file, as NAB scores them."""
+def load_realtweets(data: Path) -> list[NabSeries]:
+    """The ten realTweets files with their labelled windows as row indices."""
+    return load_nab(data)
+
+
+def corpus_line(series: list[NabSeries], direction: str) -> str:
+    return (f"{len(series)} files, {sum(len(s.rows) for s in series):,} rows, "
+            f"{sum(len(s.windows) for s in series)} windows; direction {direction}")
+
+
+def run_model(series: list[NabSeries], model: str | None, **options) -> list[NabFile]:
+    """Anomaly scores of `model` (None: the one picked from the values) for every file."""
     files = []
     for s in series:
         scores = [row["anomaly_score"] for row in score_series(s.rows, model, **options)]
@@ -92,12 +107,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--models", nargs="+", default=list(DEFAULT_MODELS))
     parser.add_argument("--direction", choices=["up", "down", "both"], default="both")
     args = parser.parse_args(argv)
-    if not (args.data / "windows.json").is_file():
-        print(f"{args.data}: no windows.json there; pass --data", file=sys.stderr)
+    try:
+        series = load_realtweets(args.data)
+    except ValueError as exc:
+        print(exc, file=sys.stderr)
         return 2
-    series = load_realtweets(args.data)
-    print(f"{len(series)} files, {sum(len(s.rows) for s in series):,} rows, "
-          f"{sum(len(s.windows) for s in series)} windows; direction {args.direction}")
+    print(corpus_line(series, args.direction))
     for model in args.models:
         started = time.perf_counter()
         files = run_model(series, model, direction=args.direction)
