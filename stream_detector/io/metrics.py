@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import heapq
 from collections.abc import Callable, Iterable, Iterator
+from http import HTTPStatus
 
 import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -343,54 +344,200 @@ def _count(item: tuple[str, int]) -> int:
 
 
 
+# Limits of the HTTP endpoint. Its clients are Prometheus and the kubelet's
+# probes: a small GET every few seconds, answered in milliseconds. A client
+# that is much bigger or slower than that is broken or hostile, and is cut off
+# before it can hold a socket, memory or the event loop.
+
+# Request line plus headers. A scrape's head is about 300 bytes; 16 KiB leaves
+# room for a large bearer token (OIDC tokens with group claims pass 8 KiB) and
+# is still small enough that reading it costs nothing. Beyond it: 431.
+MAX_HEAD_BYTES = 16 * 1024
+# Time to receive the whole head, not per line: a real client sends it in one
+# packet, so 5 s is generous even over a congested link, and it is what a
+# client dribbling a line every few seconds can hold a connection for. Beyond
+# it: 408.
+HEAD_TIMEOUT_SECONDS = 5.0
+# Time to deliver the answer and close. Prometheus gives up on a scrape after
+# its default scrape_timeout of 10 s anyway; a client that stops reading is
+# dropped then rather than holding the socket for good.
+WRITE_TIMEOUT_SECONDS = 10.0
+# Connections served at once. Legitimate load is one or two Prometheus servers
+# and a probe or two, each connection lasting milliseconds; 64 is ample for
+# that plus a person with curl, and keeps the descriptors a socket flood can
+# take far below the usual limit of 1024, which the Kafka clients share.
+MAX_CONNECTIONS = 64
+# After an error answer the server keeps reading, and discarding, for a moment
+# before it closes (RFC 9112, section 9.6): closing with a request still
+# arriving makes the kernel send a reset, which can destroy the answer before
+# the client reads it. 1 s and 4 MiB cover the rest of an oversized head sent
+# in one go; more than that is not worth waiting for.
+LINGER_SECONDS = 1.0
+LINGER_MAX_BYTES = 4 * 1024 * 1024
+
+
+class _HeadTooLarge(Exception):
+    """The request line and headers passed `max_head_bytes`."""
+
+
 class MetricsServer:
     """A tiny HTTP server for /metrics, /healthz and /readyz on the event loop.
 
     Small enough to own: prometheus-client's own server runs in a thread and
     knows nothing of health, and a web framework would be a dependency for
-    three routes.
+    three routes. One request per connection (`Connection: close`), GET and
+    HEAD only, and every phase of a connection bounded by the limits above.
+    When `max_connections` are open, a new connection displaces the oldest one
+    that has not finished sending its request (or is being answered with an
+    error): that is where slow and hostile clients sit, while a scrape passes
+    through that state in a millisecond. Only when every connection is busy
+    sending an answer is the new one turned away, with a 503.
     """
 
-    def __init__(self, metrics: DetectorMetrics, healthy: Callable[[], bool],
-                 ready: Callable[[], bool]):
+    def __init__(
+        self,
+        metrics: DetectorMetrics,
+        healthy: Callable[[], bool],
+        ready: Callable[[], bool],
+        *,
+        max_head_bytes: int = MAX_HEAD_BYTES,
+        head_timeout: float = HEAD_TIMEOUT_SECONDS,
+        write_timeout: float = WRITE_TIMEOUT_SECONDS,
+        max_connections: int = MAX_CONNECTIONS,
+        linger: float = LINGER_SECONDS,
+    ):
         self.metrics = metrics
         self.healthy = healthy
         self.ready = ready
+        self.max_head_bytes = max_head_bytes
+        self.head_timeout = head_timeout
+        self.write_timeout = write_timeout
+        self.max_connections = max_connections
+        self.linger = linger
         self.server: asyncio.Server | None = None
+        self._connections: set[asyncio.StreamWriter] = set()
+        # The displaceable connections, oldest first (a dict keeps insertion order).
+        self._displaceable: dict[asyncio.StreamWriter, None] = {}
 
     async def start(self, host: str, port: int) -> int:
-        self.server = await asyncio.start_server(self._handle, host, port)
+        # The reader's buffer limit is the head cap, so one endless line is
+        # refused once it passes the cap instead of being buffered.
+        self.server = await asyncio.start_server(self._handle, host, port,
+                                                 limit=self.max_head_bytes)
         return self.server.sockets[0].getsockname()[1]
 
     async def stop(self) -> None:
         if self.server is not None:
             self.server.close()
+            for writer in list(self._connections):
+                writer.transport.abort()
             await self.server.wait_closed()
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            request = await asyncio.wait_for(reader.readline(), 5)
-            while (await asyncio.wait_for(reader.readline(), 5)) not in (b"\r\n", b"\n", b""):
-                pass
-            parts = request.split()
-            path = parts[1].decode("latin-1").split("?")[0] if len(parts) > 1 else "/"
-            if path == "/metrics":
-                status, ctype, body = 200, CONTENT_TYPE_LATEST, self.metrics.exposition()
-            elif path == "/healthz":
-                status, ctype, body = _probe(self.healthy(), b"ok\n", b"unhealthy\n")
-            elif path == "/readyz":
-                status, ctype, body = _probe(self.ready(), b"ready\n", b"not ready\n")
-            else:
-                status, ctype, body = 404, "text/plain", b"not found\n"
-            reason = {200: "OK", 404: "Not Found", 503: "Service Unavailable"}[status]
-            head = (f"HTTP/1.1 {status} {reason}\r\nContent-Type: {ctype}\r\n"
-                    f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n")
-            writer.write(head.encode("latin-1") + body)
-            await writer.drain()
-        except (TimeoutError, ConnectionError):
-            pass
-        finally:
+        if len(self._connections) >= self.max_connections and not self._displace_oldest():
+            writer.write(_response_head(503, "text/plain", 0))
             writer.close()
+            return
+        self._connections.add(writer)
+        self._displaceable[writer] = None
+        try:
+            await self._serve(reader, writer)
+        except ConnectionError:
+            pass  # the client went away; there is no one to answer
+        finally:
+            self._connections.discard(writer)
+            self._displaceable.pop(writer, None)
+            if not writer.transport.is_closing():
+                writer.transport.abort()
+
+    def _displace_oldest(self) -> bool:
+        if not self._displaceable:
+            return False
+        oldest = next(iter(self._displaceable))
+        del self._displaceable[oldest]
+        self._connections.discard(oldest)
+        oldest.transport.abort()
+        return True
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            async with asyncio.timeout(self.head_timeout):
+                request_line = await self._read_head(reader)
+        except TimeoutError:
+            return await self._refuse(reader, writer, 408, b"request head too slow\n")
+        except (asyncio.LimitOverrunError, _HeadTooLarge):
+            return await self._refuse(reader, writer, 431, b"request head too large\n")
+        except asyncio.IncompleteReadError:
+            # Closed before a whole head (a TCP probe, or a displaced client).
+            return await self._close(writer)
+        parts = request_line.split()
+        if len(parts) != 3 or not parts[2].startswith(b"HTTP/1."):
+            return await self._refuse(reader, writer, 400, b"bad request line\n")
+        method, target = parts[0], parts[1]
+        if method not in (b"GET", b"HEAD"):
+            return await self._refuse(reader, writer, 405, b"only GET and HEAD\n",
+                                      b"Allow: GET, HEAD\r\n")
+        self._displaceable.pop(writer, None)  # it may have been displaced meanwhile
+        status, ctype, body = self._route(target.split(b"?")[0])
+        writer.write(_response_head(status, ctype, len(body))
+                     + (body if method == b"GET" else b""))
+        await self._close(writer)
+
+    async def _read_head(self, reader: asyncio.StreamReader) -> bytes:
+        """The request line, once the whole head has arrived (the headers are not used)."""
+        size = 0
+        request_line = b""
+        while True:
+            line = await reader.readuntil(b"\n")
+            size += len(line)
+            if size > self.max_head_bytes:
+                raise _HeadTooLarge
+            if line not in (b"\r\n", b"\n"):
+                request_line = request_line or line
+            elif request_line:
+                return request_line
+            # else: an empty line before the request line, which RFC 9112
+            # (section 2.2) asks servers to ignore; it still counts to the cap.
+
+    def _route(self, path: bytes) -> tuple[int, str, bytes]:
+        if path == b"/metrics":
+            return 200, CONTENT_TYPE_LATEST, self.metrics.exposition()
+        if path == b"/healthz":
+            return _probe(self.healthy(), b"ok\n", b"unhealthy\n")
+        if path == b"/readyz":
+            return _probe(self.ready(), b"ready\n", b"not ready\n")
+        return 404, "text/plain", b"not found\n"
+
+    async def _refuse(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                      status: int, body: bytes, extra_headers: bytes = b"") -> None:
+        """Answer an error, then read and discard a while before closing (see LINGER_SECONDS)."""
+        writer.write(_response_head(status, "text/plain", len(body), extra_headers) + body)
+        writer.write_eof()
+        discarded = 0
+        try:
+            async with asyncio.timeout(self.linger):
+                while discarded < LINGER_MAX_BYTES:
+                    chunk = await reader.read(64 * 1024)
+                    if not chunk:
+                        break
+                    discarded += len(chunk)
+        except OSError:  # TimeoutError and ConnectionError are both OSErrors
+            pass
+        await self._close(writer)
+
+    async def _close(self, writer: asyncio.StreamWriter) -> None:
+        """Close once the answer is delivered, or drop the client at the write deadline."""
+        writer.close()
+        try:
+            await asyncio.wait_for(writer.wait_closed(), self.write_timeout)
+        except OSError:  # TimeoutError and ConnectionError are both OSErrors
+            writer.transport.abort()
+
+
+def _response_head(status: int, ctype: str, length: int, extra: bytes = b"") -> bytes:
+    head = (f"HTTP/1.1 {status} {HTTPStatus(status).phrase}\r\nContent-Type: {ctype}\r\n"
+            f"Content-Length: {length}\r\nConnection: close\r\n")
+    return head.encode("latin-1") + extra + b"\r\n"
 
 
 def _probe(ok: bool, yes: bytes, no: bytes) -> tuple[int, str, bytes]:
