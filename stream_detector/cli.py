@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from stream_detector.config import ConfigError, Settings, load_settings
 
@@ -45,7 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--dlq-topic")
     run.add_argument("--bucket", help="bucket width, e.g. 60s or 15m")
     run.add_argument("--model", help="per-series model by name")
-    run.add_argument("--metrics-port", type=int)
+    run.add_argument("--metrics-port", help="port of /metrics; 0 picks a free one")
     run.add_argument("--alertmanager-url", help="also push incidents to this Alertmanager")
     run.add_argument("--log-format", choices=["auto", "json", "text"])
 
@@ -78,9 +80,29 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _warn(message: str) -> None:
+    # Settings are read before logging is configured (they configure it), so
+    # their warnings go straight to stderr, in the form of the error line.
+    print(f"stream-detector: warning: {message}", file=sys.stderr)
+
+
 def _settings_from(args: argparse.Namespace, names: Sequence[str]) -> Settings:
     flags = {name: getattr(args, name, None) for name in names}
-    return load_settings(flags, getattr(args, "config", None))
+    return load_settings(flags, getattr(args, "config", None), warn=_warn)
+
+
+def _check_writable(flag: str, path: str | None) -> None:
+    """Refuse an output file that cannot be written, before the work that would fill it."""
+    if path is None:
+        return
+    target = Path(path)
+    folder = target.parent
+    if target.is_dir():
+        raise UsageError(f"cannot write {flag} {path}: it is a directory")
+    if not folder.is_dir():
+        raise UsageError(f"cannot write {flag} {path}: directory {folder} does not exist")
+    if not os.access(folder, os.W_OK) or (target.exists() and not os.access(target, os.W_OK)):
+        raise UsageError(f"cannot write {flag} {path}: permission denied")
 
 
 RUN_FLAGS = (
@@ -101,12 +123,18 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_backtest(args: argparse.Namespace) -> int:
+    _check_writable("--output", args.output)
+    _check_writable("--plot", args.plot)
     if args.input:
         if args.labels or args.plot:
             raise UsageError("--labels and --plot go with --events, not --input")
         from stream_detector.series_backtest import score_series_file
 
-        score_series_file(args.input, args.output, direction=args.direction, model=args.model)
+        try:
+            score_series_file(args.input, args.output, direction=args.direction,
+                              model=args.model)
+        except OSError as exc:  # reading errors are ValueErrors naming the input already
+            raise UsageError(f"cannot write --output {args.output}: {exc.strerror}") from None
         return 0
     from stream_detector.backtest import format_evaluation, load_labels, run_labelled_backtest
 
@@ -141,6 +169,8 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
     if args.services < 1 or args.days <= 0:
         raise UsageError("--services must be at least 1 and --days more than 0")
+    _check_writable("--output", args.output)
+    _check_writable("--labels", args.labels)
     services, outages, reports = simulate(args.services, args.days, args.seed)
     print(f"simulating {len(services)} services over {args.days:g} days; injected:",
           file=sys.stderr)

@@ -13,6 +13,7 @@ import urllib.request
 import pytest
 
 from stream_detector.embedded import free_port
+from tests.unit.test_config import PROBE
 
 pytestmark = pytest.mark.integration
 
@@ -46,6 +47,62 @@ def one_sentence_error(proc: subprocess.Popen, timeout: float = 60) -> str:
 def test_bad_setting_ends_in_one_sentence_naming_it(args, env, setting):
     line = one_sentence_error(stream_detector("run", *args, env=env))
     assert f"setting {setting}" in line
+
+
+# The hostile probe of issue 12 (item 5), and two of the strict types besides.
+@pytest.mark.parametrize("toml, setting, says", PROBE + [
+    ("reports_topic = 7", "reports_topic", "expected text, not a number"),
+    ("open_score = true", "open_score", "expected a number, not true/false"),
+])
+def test_nonsense_in_the_config_file_ends_in_one_sentence_naming_it(tmp_path, toml, setting,
+                                                                     says):
+    config = tmp_path / "settings.toml"
+    config.write_text(toml + "\n")
+    line = one_sentence_error(stream_detector("run", "--config", str(config)))
+    assert f"setting {setting}: " in line and says in line
+
+
+@pytest.mark.parametrize("setting", ["ssl_cafile", "ssl_certfile"])
+def test_a_tls_file_that_is_not_pem_ends_in_one_sentence_naming_it(tmp_path, setting):
+    junk = tmp_path / "junk.pem"
+    junk.write_text("not a certificate\n")
+    line = one_sentence_error(stream_detector(
+        "run", "--security-protocol", "SSL", f"--{setting.replace('_', '-')}", str(junk)))
+    assert f"setting {setting}: {junk} holds no PEM certificate" in line
+
+
+@pytest.mark.parametrize("source", ["--events", "--input"])
+def test_backtest_to_a_missing_directory_names_output(tmp_path, source):
+    data = tmp_path / "data"
+    data.write_text('{"service": "x", "ts": 1767571200971}\n' if source == "--events"
+                    else "timestamp,value\n2026-01-01T00:00:00Z,1\n")
+    line = one_sentence_error(stream_detector(
+        "backtest", source, str(data), "--output", "/no/such/dir/x.csv"))
+    assert line.endswith("cannot write --output /no/such/dir/x.csv: "
+                         "directory /no/such/dir does not exist")
+
+
+def test_a_misspelled_environment_variable_is_a_warning_on_stderr(tmp_path):
+    events = tmp_path / "events.jsonl"
+    events.write_text('{"service": "x", "ts": 1767571200971}\n')
+    proc = stream_detector("backtest", "--events", str(events), "--output",
+                           str(tmp_path / "alerts.jsonl"),
+                           env={"STREAM_DETECTOR_BUCKIT": "5m"})
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    assert ("stream-detector: warning: environment variable STREAM_DETECTOR_BUCKIT is not a "
+            "setting and is ignored; did you mean STREAM_DETECTOR_BUCKET (setting bucket)?"
+            in err.splitlines())
+
+
+def test_the_warning_comes_before_an_error_of_run(tmp_path):
+    proc = stream_detector("run", "--bucket", "7s", env={"STREAM_DETECTOR_MODLE": "ewma"})
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 2 and "Traceback" not in err
+    warning, error = err.splitlines()
+    assert warning.startswith("stream-detector: warning: environment variable "
+                              "STREAM_DETECTOR_MODLE") and "STREAM_DETECTOR_MODEL" in warning
+    assert error.startswith("stream-detector: error: setting bucket: ")
 
 
 def test_bad_toml_names_the_file(tmp_path):
