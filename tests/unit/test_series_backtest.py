@@ -57,8 +57,9 @@ def test_one_output_row_per_input_row_with_repeats_gaps_and_negatives(tmp_path):
     scored = out.read_text().splitlines()[1:]
     assert [row.split(",")[0] for row in scored] == [line.split(",")[0] for line in lines]
     alerts = [i for i, row in enumerate(scored) if row.endswith(",1")]
-    # Pure noise pages rarely (the calibration learns its surprise), the jump at once.
-    assert 2900 in alerts and len(alerts) <= 6
+    # Pure noise pages rarely (the calibration learns its surprise); a one-row spike of
+    # 40 spreads pages within two rows (the clipped residual needs a second row to be sure).
+    assert any(2900 <= i <= 2902 for i in alerts) and len(alerts) <= 6
 
 
 def test_the_bucket_width_is_the_median_gap_not_the_first():
