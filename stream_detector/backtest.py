@@ -11,6 +11,7 @@ NAB-style score, per series and in total (`evaluate_labels`).
 
 from __future__ import annotations
 
+import gzip
 import statistics
 import sys
 from collections import Counter, deque
@@ -72,7 +73,7 @@ def backtest_events(
     alerts: list[dict] = []
     with ExitStack() as files:
         try:
-            source = files.enter_context(events_path.open("rb"))
+            source = files.enter_context(_open_events(events_path))
         except OSError as exc:
             raise ValueError(f"cannot read events file {events_path}: {exc.strerror}") from None
         try:
@@ -86,6 +87,15 @@ def backtest_events(
                 out.write(orjson.dumps(alert) + b"\n")
                 alerts.append(alert)
     return alerts
+
+
+def _open_events(path: Path) -> IO[bytes]:
+    """The events file as bytes; a `.gz` one is decompressed as it is read."""
+    if path.suffix == ".gz":
+        with path.open("rb"):  # an unreadable file fails here, with its OSError
+            pass
+        return gzip.open(path, "rb")
+    return path.open("rb")
 
 
 # --- labelled outages against incidents -----------------------------------------
@@ -155,6 +165,8 @@ class IncidentSpan:
     start_ms: int
     end_ms: int
     severity: str
+    paged_ms: int | None = None
+    """When its first `firing` message could go out: the end of that message's bucket."""
 
     @property
     def name(self) -> str:
@@ -165,9 +177,14 @@ def incident_spans(alerts: Iterable[dict]) -> list[IncidentSpan]:
     """Group alert messages by incident; one still open at the end ends after its last bucket."""
     first: dict[str, dict] = {}
     last: dict[str, dict] = {}
+    paged: dict[str, int] = {}
     for alert in alerts:
         first.setdefault(alert["alert_id"], alert)
         last[alert["alert_id"]] = alert
+        if alert["status"] != RESOLVED and alert["alert_id"] not in paged:
+            paged[alert["alert_id"]] = (
+                _ms(alert["bucket_start"]) + 1000 * int(alert["bucket_seconds"])
+            )
     spans = []
     for alert_id, head in first.items():
         tail = last[alert_id]
@@ -176,7 +193,8 @@ def incident_spans(alerts: Iterable[dict]) -> list[IncidentSpan]:
         else:
             end = _ms(tail["bucket_start"]) + 1000 * int(tail["bucket_seconds"])
         spans.append(IncidentSpan(alert_id, head["service"], head.get("region"),
-                                  _ms(head["started_at"]), end, tail["severity"]))
+                                  _ms(head["started_at"]), end, tail["severity"],
+                                  paged.get(alert_id)))
     spans.sort(key=lambda s: (s.start_ms, s.service, s.region or ""))
     return spans
 
@@ -201,6 +219,10 @@ class OutageResult:
     incident: IncidentSpan | None
     """The first incident covering the outage, None when it was missed."""
     delay_buckets: float | None
+    """Buckets from the outage's start to the incident's (back-dated) start."""
+    page_minutes: float | None = None
+    """Minutes from the outage's start to when the first firing message of the
+    first covering incident could go out: the delay the person paged feels."""
 
 
 @dataclass
@@ -229,6 +251,18 @@ class LabelEvaluation:
     @property
     def delays(self) -> list[float]:
         return sorted(o.delay_buckets for o in self.outages if o.delay_buckets is not None)
+
+    @property
+    def page_delays(self) -> list[float]:
+        """Page delays in minutes of the detected outages, sorted."""
+        return sorted(o.page_minutes for o in self.outages if o.page_minutes is not None)
+
+    @property
+    def false_per_series_month(self) -> float | None:
+        """False incidents per service per 30 days, when the run's span is known."""
+        if not self.days or not self.services:
+            return None
+        return len(self.false_incidents) / self.services * 30 / self.days
 
     def by_shape(self) -> dict[str, tuple[int, int]]:
         """Per shape: (detected, outages)."""
@@ -276,7 +310,11 @@ def evaluate_labels(
         hits = [i for i in incidents if covers(i, label)]
         first = min(hits, key=lambda i: i.start_ms) if hits else None
         delay = None if first is None else max(0.0, (first.start_ms - label.start_ms) / bucket_ms)
-        results.append(OutageResult(label, first, delay))
+        page = None
+        if first is not None:
+            paged = [i.paged_ms for i in hits if i.paged_ms is not None]
+            page = max(0.0, (min(paged) - label.start_ms) / 60_000) if paged else None
+        results.append(OutageResult(label, first, delay, page))
         ev = series.setdefault(label.name, SeriesEvaluation())
         ev.outages += 1
         if delay is not None:
@@ -335,6 +373,17 @@ def _fmt_delay(values: Sequence[float]) -> tuple[str, str]:
     return f"{statistics.median(values):g}", f"{max(values):g}"
 
 
+def percentile(values: Sequence[float], share: float) -> float | None:
+    """The value at `share` of the sorted values, as outage-dev's scorer takes it
+    (index `int(share * (n - 1))`, no interpolation); None for no values.
+
+    >>> percentile([1.0, 2.0, 3.0, 10.0], 0.9), percentile([], 0.5)
+    (3.0, None)
+    """
+    ordered = sorted(values)
+    return ordered[int(share * (len(ordered) - 1))] if ordered else None
+
+
 def format_evaluation(ev: LabelEvaluation) -> str:
     """A table for people: per series, then per outage, then the totals."""
     lines = [
@@ -362,7 +411,9 @@ def format_evaluation(ev: LabelEvaluation) -> str:
         elif result.incident is None:
             status = "MISSED"
         else:
-            status = f"detected +{result.delay_buckets:g} ({result.incident.severity})"
+            page = "-" if result.page_minutes is None else f"{result.page_minutes:g} min"
+            status = (f"detected +{result.delay_buckets:g}, paged after {page} "
+                      f"({result.incident.severity})")
         lines.append(f"  {label.shape:<8} {label.name:<22} {window}  {status}")
     if ev.false_incidents:
         lines.append("false incidents (cover no labelled outage):")
@@ -371,8 +422,8 @@ def format_evaluation(ev: LabelEvaluation) -> str:
             lines.append(f"  {i.name:<22} {_iso(i.start_ms)} ({minutes:.0f} min, {i.severity})")
     lines.append("")
     per_month = ""
-    if ev.days and ev.services:
-        rate = len(ev.false_incidents) / ev.services * 30 / ev.days
+    rate = ev.false_per_series_month
+    if rate is not None:
         per_month = f" ({rate:.2f} per service per 30 days over {ev.services} services)"
     critical = sum(1 for o in ev.outages if o.incident and o.incident.severity == CRITICAL)
     lines.append(f"recall {ev.detected}/{len(ev.outages)} = {ev.recall:.1%}, "
@@ -381,6 +432,11 @@ def format_evaluation(ev: LabelEvaluation) -> str:
     flooded = {id(lb) for lb, _ in ev.flood_incidents}
     lines.append(f"floods {len(ev.floods)}, of them with an incident {len(flooded)}")
     lines.append(f"detection delay in buckets: median {med}, max {mx}")
+    pages = ev.page_delays
+    if pages:
+        lines.append(f"page delay (end of the first firing bucket minus outage start), min: "
+                     f"median {statistics.median(pages):g}, p90 {percentile(pages, 0.9):g}, "
+                     f"max {max(pages):g}")
     if ev.nab is not None and ev.nab_normalized is not None:
         lines.append(f"NAB-style score (standard profile, incident starts as detections): "
                      f"{ev.nab_normalized:.1f} of 100 (raw {ev.nab.total:.2f} over "

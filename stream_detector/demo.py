@@ -136,9 +136,18 @@ def _summary(sent: int, outages, incidents: dict[str, list[dict]], seconds: floa
         status = "detected" if caught else ("ignored (not an outage)" if not outage.is_outage
                                             else "MISSED")
         if caught:
-            delay = (_ms(caught[0]["started_at"]) - outage.start_ms) / 60_000
-            status += f" {delay:+.0f} min after it began, {caught[0]['severity']}"
+            # The page delay: the first firing message could go out when its bucket closed.
+            paged = _ms(caught[0]["bucket_start"]) + 1000 * caught[0]["bucket_seconds"]
+            delay = (paged - outage.start_ms) / 60_000
+            status += f", paged {delay:+.0f} min after it began, {caught[0]['severity']}"
         print(f"  {outage.describe()}: {status}", file=out)
+    for history in incidents.values():
+        if not any(h["service"] == o.service and _overlaps(history, o) for o in outages
+                   for h in history[:1]):
+            first = history[0]
+            where = first["service"] + (f" in {first['region']}" if first["region"] else "")
+            print(f"  false incident: {where} at {first['started_at']}, {first['severity']}",
+                  file=out)
 
 
 def _ms(iso: str) -> int:

@@ -12,6 +12,7 @@ from stream_detector.backtest import (
     IncidentSpan,
     Label,
     evaluate_labels,
+    incident_spans,
     load_labels,
     run_labelled_backtest,
 )
@@ -84,6 +85,11 @@ def test_label_evaluation_has_the_known_answer(tmp_path):
     assert (ev.detected, len(ev.outages), ev.recall) == (1, 2, 0.5)
     assert [i.service for i in ev.false_incidents] == ["chat"]
     assert ev.delays == [2.0]
+    # Paged at the end of the bucket of the incident's first firing message,
+    # which is at the earliest the end of the incident's first bucket.
+    first_firing = next(a for a in run.alerts if a["service"] == "shop")
+    paged = (_ms(first_firing["bucket_start"]) + MIN - (T0 + 148 * MIN)) / MIN
+    assert ev.page_delays == [paged] and paged >= 3.0
     assert ev.series["shop"].recall == 1.0 and ev.series["bank"].recall == 0.0
     assert ev.series["chat"].false_incidents == 1
     assert (len(ev.floods), ev.flood_incidents) == (1, [])
@@ -92,6 +98,37 @@ def test_label_evaluation_has_the_known_answer(tmp_path):
     assert ev.nab is not None and ev.nab.windows == 2 and ev.nab.false_positives == 1
     assert ev.nab_normalized == pytest.approx(100 * (ev.nab.total + 2) / 4)
     assert 40 < ev.nab_normalized < 50
+
+
+def _ms(iso_text: str) -> int:
+    return int(datetime.fromisoformat(iso_text.replace("Z", "+00:00")).timestamp() * 1000)
+
+
+def test_page_delay_is_the_end_of_the_first_firing_bucket():
+    def alert(status, bucket_minute, started_minute=10):
+        return {"alert_id": "x/*/a", "status": status, "service": "x", "region": None,
+                "severity": "critical", "started_at": iso(T0 + started_minute * MIN),
+                "ended_at": iso(T0 + 20 * MIN) if status == "resolved" else None,
+                "bucket_start": iso(T0 + bucket_minute * MIN), "bucket_seconds": 60}
+
+    # Back-dated to minute 10, first sent with the bucket of minute 13.
+    spans = incident_spans([alert("firing", 13), alert("firing", 14), alert("resolved", 24)])
+    assert [(s.start_ms, s.paged_ms) for s in spans] == [(T0 + 10 * MIN, T0 + 14 * MIN)]
+    ev = evaluate_labels([Label("x", None, T0 + 9 * MIN, T0 + 30 * MIN, "sudden", True)],
+                         spans, MIN)
+    assert ev.delays == [1.0] and ev.page_delays == [5.0]
+
+
+def test_gzipped_events_file_is_read_as_its_lines(tmp_path):
+    import gzip
+
+    events, _ = write_case(tmp_path)
+    packed = tmp_path / "reports.jsonl.gz"
+    packed.write_bytes(gzip.compress(events.read_bytes()))
+    config = DetectorConfig(model="ewma")
+    plain = run_labelled_backtest(events, tmp_path / "a.jsonl", config, progress=None)
+    zipped = run_labelled_backtest(packed, tmp_path / "b.jsonl", config, progress=None)
+    assert zipped.alerts == plain.alerts and len(plain.alerts) > 0
 
 
 def span(service, start, end, region=None):
