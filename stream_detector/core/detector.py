@@ -17,10 +17,12 @@ import numpy as np
 from stream_detector.core._counting import count_reports
 from stream_detector.core.buckets import BucketCounter
 from stream_detector.core.events import InvalidReport
-from stream_detector.core.incidents import IncidentPolicy, IncidentTracker, SeriesKey
+from stream_detector.core.evidence import EvidenceTest
+from stream_detector.core.incidents import RESOLVED, IncidentPolicy, IncidentTracker, SeriesKey
 from stream_detector.core.models import DEFAULT_MODEL, ModelBank, Scored, model_bank
 from stream_detector.core.models.bank import BankScores
 from stream_detector.core.reporters import ReporterFilter
+from stream_detector.core.shape import QuarterShape
 from stream_detector.core.tally import BucketTally, SeriesIndex
 from stream_detector.core.watermark import EventClock
 
@@ -168,6 +170,10 @@ class PartitionDetector:
         self.clock = EventClock(config.lateness_ms, config.idle_timeout_ms)
         self.reporters = ReporterFilter()
         self.incidents = IncidentTracker(config.policy)
+        # The sequential test that turns the model's expectations into evidence.
+        self.evidence = EvidenceTest(config.bucket_ms, _warmup_ms(self.bank, config.bucket_ms))
+        # Each service's quarter-hour shape, shared by its regions.
+        self.shape = QuarterShape(config.bucket_ms)
         # Start of the oldest bucket not closed yet; None until the first close.
         self.next_close_ms: int | None = None
 
@@ -252,7 +258,15 @@ class PartitionDetector:
         series = self._series_of(counts)
         t = start / 1000
         bank = self.bank
-        scored = bank.score(series.rows, t, series.reports.astype(float), catch_up=True)
+        x = series.reports.astype(float)
+        model = bank.score(series.rows, t, x, catch_up=True)
+        service_ids = self._service_ids(series)
+        factor = self.shape.factor(service_ids, start)
+        expected = model.expected * factor
+        spread = model.spread * np.sqrt(factor)
+        # Incidents are decided on accumulated evidence, not on the model's own score.
+        evidence, excess = self.evidence.update(series.rows, start, x, expected, spread)
+        scored = BankScores(evidence, expected, spread)
         weights = np.ones(len(series.rows))
         alerts: list[dict] = []
         severities: dict[int, str] = {}
@@ -292,16 +306,29 @@ class PartitionDetector:
                          float(scored.spread[i]))
             alert, weight = self.incidents.observe(
                 key, start, self.config.bucket_ms, int(reports[i]), one, regions, problems,
-                may_open,
+                may_open, float(excess[i]),
             )
             weights[i] = weight
             if alert is not None:
                 alerts.append(alert)
+                if alert["status"] == RESOLVED:
+                    self._reset_evidence(key)
             incident = open_.get(key)
             if incident is not None:
                 severities[i] = incident.severity
         bank.learn(weights)
+        at = series.first
+        self.shape.learn(series.services, start, x[at], model.expected[at], weights[at])
         return ClosedBucket(start, series, alerts, scored, severities)
+
+    def _service_ids(self, series: BucketSeries) -> np.ndarray:
+        """The service id of each series of the bucket (a region's is its service's)."""
+        listed = len(series.rows) - len(series.extra)
+        ids = np.repeat(series.services, np.diff(np.append(series.first, listed)))
+        if series.extra:
+            extra = [self.index.service_id(service) for service, _ in series.extra]
+            ids = np.concatenate([ids, np.array(extra, dtype=ids.dtype)])
+        return ids
 
     def _series_of(self, counts: BucketTally) -> BucketSeries:
         """The series to score in this bucket (see `BucketSeries`)."""
@@ -310,6 +337,19 @@ class PartitionDetector:
         if extra:
             series.add_extra(extra, [self.row_of(key) for key in extra])
         return series
+
+    def _reset_evidence(self, key: SeriesKey) -> None:
+        """Start the evidence of a resolved series afresh; for a service, that of its
+        regions too: what they gathered during the outage is the outage's."""
+        service, region = key
+        rows = [self.row_of(key)]
+        if region is None:
+            service_id = self.index.service_id(service)
+            regions = self.index.regions
+            rows += [regions.row(r) for r in range(len(regions)) if regions.scope(r) == service_id]
+        for row in rows:
+            if row is not None and row >= 0:
+                self.evidence.reset(row)
 
     def row_of(self, key: SeriesKey) -> int | None:
         """The bank row of a series, None if it has none."""
@@ -352,3 +392,13 @@ class PartitionDetector:
         )
         return set(anomalous) if regional_excess >= policy.regional_share * excess else set()
 
+
+def _warmup_ms(bank: ModelBank, bucket_ms: int) -> int:
+    """How long the model learns a new series before its expectation means anything:
+    the evidence test ignores the series that long too."""
+    settings = getattr(bank, "settings", None)
+    if settings is not None and hasattr(settings, "warmup_seconds"):
+        return int(settings.warmup_seconds * 1000)
+    probe = getattr(bank, "factory", None)
+    buckets = getattr(probe(bucket_ms / 1000), "warmup_buckets", 0) if probe else 0
+    return int(buckets) * bucket_ms

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from stream_detector.core.events import iso_utc
+from stream_detector.core.evidence import buckets_per_month
 from stream_detector.core.models.base import Scored
 
 WARNING = "warning"
@@ -26,10 +27,22 @@ SeriesKey = tuple[str, str | None]
 
 @dataclass(frozen=True)
 class IncidentPolicy:
+    """When scores become incidents. The scores are the detector's evidence scores
+    (`core.evidence`): one minus a bound on how often normal traffic scores so high."""
+
+    false_alarm_rate: float = 0.01
+    """The sensitivity: false incidents per series per 30 days that the policy
+    accepts (at most, when the model's expectation and spread are right). A
+    series pages when its accumulated evidence reaches the bound this implies,
+    `page_score`; 0.01 at 60 s buckets is about 17 nats of evidence, such as
+    a 10x step on a series of 3 reports a minute in its first bucket, or 50
+    reports where 12 were expected over 80 minutes."""
     open_score: float = 0.999
-    """A bucket scoring at least this opens an incident..."""
+    """A bucket scoring at least this (and above the normal band) is anomalous:
+    the model does not learn it unless it recurs, and a region anomalous in
+    this sense may explain a service's excess (see `regional_share`)."""
     min_reports: int = 5
-    """...once the anomalous buckets hold this many reports between them (a few
+    """A series' excess holding fewer reports than this never pages (a few
     reports are never an outage)."""
     critical_score: float = 0.99999
     critical_ratio: float = 5.0
@@ -38,9 +51,6 @@ class IncidentPolicy:
     """The normal band is expected ± this many spreads."""
     calm_buckets: int = 5
     """Resolve after this many buckets in a row within the normal band."""
-    confirm_buckets: int = 3
-    """An anomaly opens an incident only after this many anomalous buckets in a
-    row (a service-wide critical one opens at once): one odd minute is noise."""
     cooldown_buckets: int = 30
     """After a resolve, only a critical-level bucket reopens the series this soon:
     the decaying tail of an outage should not page again and again."""
@@ -60,6 +70,18 @@ class IncidentPolicy:
     """A bucket's excess is regional when at most `max_regional` anomalous regions
     carry at least `regional_share` of it; then those regions get the incidents."""
     top_n: int = 5
+
+    def __post_init__(self) -> None:
+        if not self.false_alarm_rate > 0.0:
+            raise ValueError(f"false_alarm_rate must be positive, not {self.false_alarm_rate!r}")
+
+    def page_score(self, bucket_ms: int) -> float:
+        """The evidence score at which a series pages, from `false_alarm_rate`.
+
+        >>> round(1 - IncidentPolicy(false_alarm_rate=0.01).page_score(60_000), 9)
+        2.31e-07
+        """
+        return 1.0 - self.false_alarm_rate / buckets_per_month(bucket_ms)
 
 
 @dataclass
@@ -82,8 +104,8 @@ class Incident:
 class IncidentTracker:
     """Open incidents of one partition, and the rules that move them.
 
-    >>> t = IncidentTracker(IncidentPolicy(calm_buckets=2, confirm_buckets=1))
-    >>> alert, _ = t.observe(("x", None), 0, 60_000, 50, Scored(0.999, 5.0, 2.0), {}, {})
+    >>> t = IncidentTracker(IncidentPolicy(calm_buckets=2))
+    >>> alert, _ = t.observe(("x", None), 0, 60_000, 20, Scored(1.0, 5.0, 2.0), {}, {})
     >>> alert["status"], alert["severity"], alert["alert_id"]
     ('firing', 'warning', 'x/*/1970-01-01T00:00:00Z')
     >>> [t.observe(("x", None), m, 60_000, 5, Scored(0.1, 5.0, 2.0), {}, {})[0]["status"]
@@ -112,18 +134,21 @@ class IncidentTracker:
         regions: dict[str, int],
         problems: dict[str, int],
         may_open: bool = True,
+        excess_reports: float | None = None,
     ) -> tuple[dict | None, float]:
         """Account one closed bucket of one series.
 
-        Returns the alert message to publish, if any, and how much the model
-        may learn from this bucket.
+        `scored.score` is the bucket's evidence score; `excess_reports` the
+        reports behind that evidence (by default those of the run of
+        anomalous buckets ending here). Returns the alert message to
+        publish, if any, and how much the model may learn from this bucket.
         """
         policy = self.policy
         incident = self.open.get(key)
         if incident is None:
-            # The score may rest on sums over many recent buckets; the bucket
-            # itself must be above the normal band too, or the tail of a
-            # resolved outage (still in those sums) would reopen it at once.
+            # The evidence may rest on many recent buckets; the bucket itself
+            # must be above the normal band too, or the tail of a resolved
+            # outage (still in that evidence) would reopen it at once.
             if (
                 not may_open
                 or scored.score < policy.open_score
@@ -131,21 +156,19 @@ class IncidentTracker:
             ):
                 self.pending.pop(key, None)
                 return None, 1.0
-            # A critical bucket of a service opens at once. Anything else needs
-            # a run of anomalous buckets holding `min_reports` between them, so
-            # a small series' outage (three reports a minute where one is
-            # normal) is caught, and one odd bucket of a tiny region is not.
-            at_once = key[1] is None and reports >= policy.min_reports and self._critical(
-                reports, scored
-            )
-            if self._cooling_down(key, bucket_start_ms, bucket_ms) and not at_once:
+            critical = self._critical(reports, scored)
+            if self._cooling_down(key, bucket_start_ms, bucket_ms) and not critical:
                 return None, 1.0
-            first_ms, run, total = self._anomalous_run(key, bucket_start_ms, bucket_ms, reports)
-            if not at_once and (run < policy.confirm_buckets or total < policy.min_reports):
-                # Anomalous buckets not yet confirmed are not learned either,
+            first_ms, _, total = self._anomalous_run(key, bucket_start_ms, bucket_ms, reports)
+            if excess_reports is None:
+                excess_reports = total
+            if (scored.score < policy.page_score(bucket_ms)
+                    or excess_reports < policy.min_reports):
+                # Anomalous buckets not yet paged are not learned either,
                 # unless they recur (see `_anomaly_weight`).
                 return None, self._anomaly_weight(key, bucket_start_ms)
             self.pending.pop(key, None)
+            # It started with the run of anomalous buckets that the page ends.
             incident = Incident(key[0], key[1], first_ms, WARNING)
             self.open[key] = incident
 

@@ -22,10 +22,13 @@ from stream_detector.core.detector import DetectorConfig, PartitionDetector
 from stream_detector.core.incidents import Incident
 from stream_detector.core.reporters import HOUR_MS
 
-FORMAT_VERSION = 4
+FORMAT_VERSION = 5
 # Format 3 kept the reporter filter as (service, reporter) pairs of strings;
 # they are turned into the keys format 4 keeps, so its state carries over.
-READABLE_VERSIONS = (3, FORMAT_VERSION)
+# Formats 3 and 4 had no evidence test nor quarter-hour shapes: restored,
+# every series starts its evidence from zero (as warmed up, since its model
+# is) and every service's shape from flat.
+READABLE_VERSIONS = (3, 4, FORMAT_VERSION)
 MAGIC = b"SDS1"
 
 
@@ -55,6 +58,8 @@ def encode(detector: PartitionDetector, model_name: str) -> bytes:
         "resolved": [[key[0], key[1], ms] for key, ms in d.incidents.resolved.items()],
         "pending": [[key[0], key[1], *run] for key, run in d.incidents.pending.items()],
         "history": [[key[0], key[1], past] for key, past in d.incidents.history.items()],
+        "evidence": d.evidence.state(),
+        "shape": d.shape.state(),
     }
     return MAGIC + zlib.compress(orjson.dumps(doc), 1)
 
@@ -119,4 +124,10 @@ def decode(data: bytes, config: DetectorConfig, wall_ms: int) -> PartitionDetect
         (service, region): [(start_ms, end_ms) for start_ms, end_ms in past]
         for service, region, past in doc["history"]
     }
+    if doc["version"] >= 5:
+        d.evidence.load_state(doc["evidence"])
+        d.shape.load_state(doc["shape"])
+    else:
+        d.evidence.ensure(len(d.bank))
+        d.evidence.first_ms[:] = (d.next_close_ms or 0) - d.evidence.warmup_ms
     return d

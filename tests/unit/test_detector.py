@@ -293,18 +293,23 @@ def test_decaying_tail_after_resolve_does_not_reopen_within_cooldown():
     assert statuses == ["firing", "firing", "firing", "resolved", None, None, "firing"]
 
 
-def test_single_anomalous_bucket_is_not_an_incident_but_two_are():
+def test_anomalous_buckets_page_only_when_the_evidence_reaches_the_bound():
     from stream_detector.core.incidents import IncidentTracker
     from stream_detector.core.models.base import Scored
 
-    t = IncidentTracker(IncidentPolicy(confirm_buckets=2))
+    policy = IncidentPolicy(false_alarm_rate=0.01)
+    t = IncidentTracker(policy)
     key = ("x", None)
-    warning_level = Scored(0.9995, 10.0, 3.0)
-    assert t.observe(key, 0, MINUTE, 30, warning_level, {}, {})[0] is None
-    assert t.observe(key, MINUTE, MINUTE, 10, Scored(0.1, 10.0, 3.0), {}, {})[0] is None
-    assert t.observe(key, 2 * MINUTE, MINUTE, 30, warning_level, {}, {})[0] is None
-    alert, weight = t.observe(key, 3 * MINUTE, MINUTE, 30, warning_level, {}, {})
-    # The incident starts with the first bucket of the confirmed run.
+    anomalous = Scored(0.9995, 10.0, 3.0)  # unusual, far from the page bound
+    paging = Scored(policy.page_score(MINUTE), 10.0, 3.0)
+    assert t.observe(key, 0, MINUTE, 30, anomalous, {}, {}) == (None, 0.0)
+    assert t.observe(key, MINUTE, MINUTE, 10, Scored(0.1, 10.0, 3.0), {}, {}) == (None, 1.0)
+    assert t.observe(key, 2 * MINUTE, MINUTE, 30, anomalous, {}, {}) == (None, 0.0)
+    # At the bound, but with fewer reports behind it than `min_reports`: no page.
+    assert t.observe(key, 3 * MINUTE, MINUTE, 30, paging, {}, {}, excess_reports=4) == (
+        None, 0.0)
+    alert, weight = t.observe(key, 4 * MINUTE, MINUTE, 30, paging, {}, {})
+    # The incident starts with the first bucket of the anomalous run it ends.
     assert alert["status"] == "firing" and alert["started_at"] == "1970-01-01T00:02:00Z"
     assert weight == 0.0
 
@@ -314,11 +319,11 @@ def test_an_anomaly_at_the_time_of_day_of_recent_incidents_is_learned():
     from stream_detector.core.incidents import DAY_MS, IncidentTracker
     from stream_detector.core.models.base import Scored
 
-    policy = IncidentPolicy(calm_buckets=1, confirm_buckets=1, recurrence_count=2)
+    policy = IncidentPolicy(calm_buckets=1, recurrence_count=2)
     t = IncidentTracker(policy)
     key = ("x", None)
     evening = 18 * 60 * MINUTE
-    hot, calm = Scored(0.9999, 10.0, 3.0), Scored(0.1, 10.0, 3.0)
+    hot, calm = Scored(1.0, 10.0, 3.0), Scored(0.1, 10.0, 3.0)
 
     def weight_at(ms: int) -> float:
         _, weight = t.observe(key, ms, MINUTE, 40, hot, {}, {})
