@@ -8,6 +8,8 @@ from stream_detector.core.models.bank import ModelBank, PerSeriesBank
 from stream_detector.core.models.base import Scored, SeriesModel
 from stream_detector.core.models.ewma import EWMAModel
 from stream_detector.core.models.metric import MetricModel
+from stream_detector.core.models.river_adapter import PREFIX as RIVER_PREFIX
+from stream_detector.core.models.river_adapter import RiverModel, river_factory
 from stream_detector.core.models.seasonal_poisson import SeasonalPoissonBank, SeasonalPoissonModel
 
 ModelFactory = Callable[[float], SeriesModel]
@@ -18,6 +20,12 @@ MODELS: dict[str, ModelFactory] = {
     "seasonal-poisson": lambda bucket_seconds: SeasonalPoissonModel(bucket_seconds),
     "metric": lambda bucket_seconds: MetricModel(bucket_seconds),
 }
+# river estimators with settings for one bucketed series, selectable by name like
+# the project's own; `model_factory` builds any other "river:<Name>" on demand.
+MODELS.update({
+    RIVER_PREFIX + name: river_factory(RIVER_PREFIX + name)
+    for name in ("GaussianScorer", "HalfSpaceTrees", "HoltWinters", "SNARIMAX")
+})
 
 # Models that can score drops as well as rises: factory(bucket_seconds, direction),
 # direction "up", "down" or "both". Others score drops through `series_backtest`'s
@@ -40,6 +48,8 @@ DEFAULT_MODEL = "seasonal-poisson"
 
 
 def model_factory(name: str) -> ModelFactory:
+    if name.startswith(RIVER_PREFIX) and name not in MODELS:
+        return river_factory(name)
     try:
         return MODELS[name]
     except KeyError:
@@ -59,6 +69,7 @@ __all__ = [
     "DIRECTIONAL_MODELS",
     "MODELS",
     "MetricModel",
+    "RiverModel",
     "ModelBank",
     "ModelFactory",
     "Scored",

@@ -119,8 +119,10 @@ class PerSeriesBank:
     """A bank of per-series model objects, stepped one by one.
 
     For models simple enough that per-series Python is their natural form
-    (the EWMA baseline). Their state is captured through `__slots__`, as
-    river keeps estimator state in plain attributes.
+    (the EWMA baseline, the metric model, river estimators). Their state is
+    captured through `__slots__`, as river keeps estimator state in plain
+    attributes, or by the model's own `state()` / `load_state()` where it
+    has them (`RiverModel`: a pickle as text).
     """
 
     def __init__(self, factory: Callable[[float], SeriesModel], bucket_seconds: float):
@@ -168,13 +170,25 @@ class PerSeriesBank:
             self.last_t[row] = t
 
     def state(self) -> dict:
-        return {"models": [_slots_state(m) for m in self.models], "last_t": self.last_t}
+        return {"models": [_model_state(m) for m in self.models], "last_t": self.last_t}
 
     def load_state(self, state: dict) -> None:
         self.models = [
-            _load_slots(self.factory(self.bucket_seconds), s) for s in state["models"]
+            _load_model(self.factory(self.bucket_seconds), s) for s in state["models"]
         ]
         self.last_t = list(state["last_t"])
+
+
+def _model_state(model: Any) -> Any:
+    """A model's own `state()` where it has one (a river estimator's pickle), else its slots."""
+    return model.state() if hasattr(model, "load_state") else _slots_state(model)
+
+
+def _load_model(model: Any, state: Any) -> Any:
+    if hasattr(model, "load_state"):
+        model.load_state(state)
+        return model
+    return _load_slots(model, state)
 
 
 def _slots_state(model: Any) -> list:
