@@ -39,10 +39,22 @@ def free_port() -> int:
 
 
 class EmbeddedBroker:
-    """`with EmbeddedBroker() as broker: broker.bootstrap_servers`."""
+    """`with EmbeddedBroker() as broker: broker.bootstrap_servers`.
 
-    def __init__(self, port: int | None = None, startup_timeout: float = 20.0):
+    `advertised_port` is the port the broker names in its metadata, for a
+    broker behind a proxy on loopback (the TLS tests): clients bootstrap from
+    the proxy, and the metadata sends them back to it rather than to the
+    broker's own plaintext port. By default the broker advertises `port`.
+    """
+
+    def __init__(
+        self,
+        port: int | None = None,
+        startup_timeout: float = 20.0,
+        advertised_port: int | None = None,
+    ):
         self.port = port or free_port()
+        self.advertised_port = advertised_port or self.port
         self.startup_timeout = startup_timeout
         self.process: subprocess.Popen | None = None
 
@@ -52,9 +64,10 @@ class EmbeddedBroker:
 
     def start(self) -> EmbeddedBroker:
         url = f"tcp://127.0.0.1:{self.port}"
+        advertised = f"tcp://127.0.0.1:{self.advertised_port}"
         self.process = subprocess.Popen(
             [str(tansu_binary()), "broker", "--listener-url", url,
-             "--advertised-listener-url", url],
+             "--advertised-listener-url", advertised],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
