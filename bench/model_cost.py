@@ -31,7 +31,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from stream_detector.core.models import MODELS, model_bank  # noqa: E402
+from stream_detector.core.models import model_bank, model_factory  # noqa: E402
 
 T0 = 1_767_571_200.0  # Monday 2026-01-05 00:00 UTC
 BUCKET = 60.0
@@ -71,29 +71,34 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--series", type=int, nargs="+", default=[10_000, 100_000])
+    parser.add_argument("--models", nargs="+", default=list(MODEL_NAMES),
+                        help="models by name, e.g. metric river:GaussianScorer")
     args = parser.parse_args(argv)
+    names = tuple(args.models)
     pickled = {}
-    for name in MODEL_NAMES:
-        model = MODELS[name](BUCKET)
+    for name in names:
+        model = model_factory(name)(BUCKET)
         model.learn_one(T0, 3.0)
         pickled[name] = len(pickle.dumps(model))
     print(f"{'series':>8} {'model':<18}{'memory B':>10}{'pickled B':>11}{'us/bucket':>11}")
     for n in args.series:
-        memory: dict[str, list[float]] = {name: [] for name in MODEL_NAMES}
-        timing: dict[str, list[float]] = {name: [] for name in MODEL_NAMES}
+        memory: dict[str, list[float]] = {name: [] for name in names}
+        timing: dict[str, list[float]] = {name: [] for name in names}
         for r in range(args.repeats):
             # Alternate the order so drift on a shared machine hits both alike.
-            order = MODEL_NAMES if r % 2 == 0 else MODEL_NAMES[::-1]
+            order = names if r % 2 == 0 else names[::-1]
             for name in order:
                 memory[name].append(memory_per_series(name, n))
                 gc.collect()
                 timing[name].append(microseconds_per_bucket(name, n, seed=r))
                 gc.collect()
-        for name in MODEL_NAMES:
+        for name in names:
             print(f"{n:>8,} {name:<18}{statistics.median(memory[name]):>10.0f}"
                   f"{pickled[name]:>11}{statistics.median(timing[name]):>11.2f}")
-        ratio = statistics.median(timing["seasonal-poisson"]) / statistics.median(timing["ewma"])
-        print(f"{'':>8} seasonal/baseline time ratio {ratio:.1f}")
+        for name in names:
+            if name != "ewma" and "ewma" in names:
+                ratio = statistics.median(timing[name]) / statistics.median(timing["ewma"])
+                print(f"{'':>8} {name}/baseline time ratio {ratio:.1f}")
     return 0
 
 
