@@ -215,11 +215,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     from stream_detector.embedded import EmbeddedBrokerError
     from stream_detector.io.clients import BrokerUnreachable
     from stream_detector.io.kafka import StateUnusable
+    from stream_detector.io.publisher import DeliveryFailed
 
     try:
         return COMMANDS[args.command](args)
-    except (ConfigError, UsageError, BrokerUnreachable, StateUnusable, EmbeddedBrokerError,
-            ValueError) as exc:
+    except (ConfigError, UsageError, BrokerUnreachable, StateUnusable, DeliveryFailed,
+            EmbeddedBrokerError, ValueError) as exc:
         print(f"stream-detector: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -50,7 +50,11 @@ def build_consumer(settings: Settings) -> AIOKafkaConsumer:
         **settings.kafka_client_options(),
         group_id=settings.group_id,
         enable_auto_commit=False,
-        auto_offset_reset="earliest",
+        # No silent reset: a position outside the log raises, and the loop
+        # restarts that partition from the earliest offset, loudly
+        # (DetectorService.reset_partition); a partition with no committed
+        # offset is sought to its beginning on assign.
+        auto_offset_reset="none",
         **CONSUMER_FETCH,
     )
 

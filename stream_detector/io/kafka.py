@@ -5,17 +5,20 @@ partitions), one producer, a `PartitionDetector` per assigned partition and the
 metrics. Per report the loop does no `await` and no logging: messages arrive
 in batches from `getmany`, and everything slow happens once per batch.
 
-The checkpoint protocol, in this order and for these reasons:
-1. wait until every alert and dead letter produced so far is delivered, so
-   no output is lost behind a committed offset;
-2. store each changed partition's snapshot, tagged with the offset of the
-   next report it has not seen, and wait for its delivery, so the offset
-   is never committed ahead of the state that counted those reports;
-3. commit those offsets.
-A crash anywhere in between replays reports onto the state that did not
-count them yet: alerts may be re-sent, with the same `alert_id` and content,
-and nothing is counted twice. On assign, a partition is restored from its
-snapshot and consumption resumes at the offset the snapshot covers.
+What is sent goes through the `Publisher` (`io/publisher.py`), which delivers
+it for sure or stops the process; when the loop may declare reports done is
+the `Checkpointer`'s rule (`io/checkpoint.py`). A crash anywhere replays
+reports onto the state that did not count them yet: alerts may be re-sent,
+with the same `alert_id` and content, and nothing is counted twice.
+
+On assign, a partition is restored from its snapshot and consumption resumes
+at the offset the snapshot covers, once `ReportsLog` (`io/reports_log.py`) has
+checked that the log is still the one the snapshot counted; every checkpoint
+checks the same. A broker that came back empty, a re-created topic or
+retention that removed unread reports fails that check (or makes the fetch
+fail with an offset out of range); the partition then restarts from its
+earliest offset, with a WARNING and `stream_detector_offset_resets_total`,
+instead of skipping reports in silence.
 """
 
 from __future__ import annotations
@@ -28,12 +31,12 @@ from collections.abc import Awaitable, Callable
 
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
-from aiokafka.errors import KafkaError
+from aiokafka.errors import KafkaError, NoOffsetForPartitionError, OffsetOutOfRangeError
 
 from stream_detector.config import Settings
 from stream_detector.core import snapshot
 from stream_detector.core.detector import OUTCOMES, ClosedBucket, PartitionDetector
-from stream_detector.core.events import InvalidReport
+from stream_detector.io.checkpoint import Checkpointer, Position
 from stream_detector.io.clients import (
     BrokerUnreachable,
     build_consumer,
@@ -41,11 +44,14 @@ from stream_detector.io.clients import (
     start_client,
 )
 from stream_detector.io.metrics import DetectorMetrics
+from stream_detector.io.publisher import DeliveryFailed, Publisher
+from stream_detector.io.reports_log import ReportsLog, record_mark
 from stream_detector.io.state import KafkaSnapshotStore, LocalSnapshotStore
 
 log = logging.getLogger("stream_detector")
 
 MAX_BATCH = 10_000
+NOT_THE_LOG = "not in the log it was counted from (its last record is gone or differs)"
 
 
 class StateUnusable(RuntimeError):
@@ -87,8 +93,12 @@ class DetectorService:
         self.detectors: dict[int, PartitionDetector] = {}
         self.consumer: AIOKafkaConsumer | None = None
         self.producer: AIOKafkaProducer | None = None
-        self.pending: list[asyncio.Future] = []
-        self.next_offsets: dict[TopicPartition, int] = {}
+        self.publisher: Publisher | None = None
+        self.checkpointer: Checkpointer | None = None
+        self.positions: dict[TopicPartition, Position] = {}
+        self.reports_log: ReportsLog | None = None
+        # Where `restore` or a reset last sought each partition.
+        self.sought: dict[TopicPartition, int] = {}
         self.messages_seen = 0
         self.connected = False
         self.assigned = False
@@ -118,18 +128,29 @@ class DetectorService:
             self.store = KafkaSnapshotStore(self.producer, s.kafka_client_options(), s.state_topic)
         elif s.state_store == "local":
             self.store = LocalSnapshotStore(s.state_dir)
+        self.publisher = Publisher(self.producer, self.metrics, s.delivery_timeout)
+        self.reports_log = ReportsLog(self.consumer, s.kafka_client_options())
+        self.checkpointer = Checkpointer(
+            self.publisher.deliver, self.reports_log, self.store, s.checkpoint_interval,
+            store_timeout=s.delivery_timeout,
+            on_store_retry=self.metrics.send_retries.labels("snapshot").inc,
+        )
         self.consumer.subscribe([s.reports_topic], listener=_Rebalance(self))
         self.connected = True
         self.metrics.kafka_connected.set(1)
 
-    async def stop(self) -> None:
-        """Deliver what is pending, commit, and leave the group."""
-        try:
-            await asyncio.wait_for(self._checkpoint(), self.settings.shutdown_timeout)
-        except (TimeoutError, KafkaError) as exc:
-            log.warning("final commit failed", extra={"error": repr(exc)})
+    async def stop(self, checkpoint: bool = True) -> None:
+        """Checkpoint (unless the loop failed), and leave the group."""
+        if checkpoint and self.checkpointer is not None and not self.checkpointer.failed:
+            try:
+                await asyncio.wait_for(self._checkpoint(), self.settings.shutdown_timeout)
+            except (TimeoutError, KafkaError, DeliveryFailed) as exc:
+                log.warning("final checkpoint failed; a restart replays what it did not cover",
+                            extra={"error": repr(exc)})
         if self.consumer is not None:
             await self.consumer.stop()
+        if self.reports_log is not None:
+            await self.reports_log.stop()
         if self.producer is not None:
             await self.producer.stop()
         self.metrics.kafka_connected.set(0)
@@ -137,11 +158,19 @@ class DetectorService:
     async def run(self, stop: asyncio.Event) -> None:
         await self.start()
         health = asyncio.create_task(self._watch_broker(stop))
+        failed = False
         try:
             await self._consume(stop)
+        except BaseException:
+            # Whatever was counted or sent halfway must not be stored or
+            # committed: the restart replays it (see io/checkpoint.py).
+            failed = True
+            assert self.checkpointer is not None
+            self.checkpointer.fail()
+            raise
         finally:
             health.cancel()
-            await self.stop()
+            await self.stop(checkpoint=not failed)
 
     def healthy(self) -> bool:
         return self.connected
@@ -152,9 +181,8 @@ class DetectorService:
     # -- the loop --------------------------------------------------------
 
     async def _consume(self, stop: asyncio.Event) -> None:
-        assert self.consumer is not None
+        assert self.consumer is not None and self.checkpointer is not None
         consumer = self.consumer
-        last_commit = time.monotonic()
         stop_wait = asyncio.ensure_future(stop.wait())
         try:
             while not stop.is_set():
@@ -167,20 +195,32 @@ class DetectorService:
                 if not fetch.done():
                     fetch.cancel()
                     break
-                await self.process_batch(fetch.result())
+                try:
+                    batch = fetch.result()
+                except OffsetOutOfRangeError as exc:
+                    for tp, offset in exc.args[0].items():
+                        await self.reset_partition(tp, offset, "outside the log's offsets")
+                    continue
+                except NoOffsetForPartitionError as exc:
+                    # aiokafka looked for a committed offset before `restore`
+                    # sought the partition, and kept the answer: seek again.
+                    (tp,) = exc.args
+                    self.consumer.seek(tp, self.sought.get(tp, 0))
+                    continue
+                await self.process_batch(batch)
                 await self.close_buckets()
-                if time.monotonic() - last_commit >= self.settings.checkpoint_interval:
+                if self.checkpointer.due():
                     await self._checkpoint()
                     self._update_lag()
-                    last_commit = time.monotonic()
         finally:
             stop_wait.cancel()
 
     async def process_batch(self, batch: dict[TopicPartition, list]) -> None:
+        assert self.publisher is not None
         counts = dict.fromkeys(OUTCOMES, 0)
         now = wall_ms()
         for tp, messages in batch.items():
-            if tp in self.restoring:
+            if tp in self.restoring or not messages:
                 continue  # fetched before the pause; read again after the seek
             detector = self.detectors.get(tp.partition)
             if detector is None:
@@ -189,11 +229,12 @@ class DetectorService:
             for outcome, n in outcomes.items():
                 counts[outcome] += n
             for index, exc in invalid:
-                await self._dead_letter(messages[index], exc)
-            if messages:
-                self.next_offsets[tp] = messages[-1].offset + 1
-                self.messages_seen += len(messages)
-                self.dirty.add(tp.partition)
+                await self.publisher.send_dead_letter(self.settings.dlq_topic, messages[index], exc)
+            # The first record of the batch: the broker served a fetch from
+            # its offset, so it can be read back (see io/reports_log.py).
+            self.positions[tp] = Position(messages[-1].offset + 1, record_mark(messages[0]))
+            self.messages_seen += len(messages)
+            self.dirty.add(tp.partition)
         self.metrics.count_outcomes(counts)
 
     async def close_buckets(self) -> None:
@@ -221,11 +262,10 @@ class DetectorService:
                 await self.publish_alert(alert, bucket_end_s)
 
     async def publish_alert(self, alert: dict, bucket_end_s: float) -> None:
-        assert self.producer is not None
-        future = await self.producer.send(
-            self.settings.alerts_topic, orjson.dumps(alert), key=alert["service"].encode()
+        assert self.publisher is not None
+        await self.publisher.send_alert(
+            self.settings.alerts_topic, orjson.dumps(alert), alert["service"].encode()
         )
-        self.pending.append(future)
         self.metrics.observe_alert(alert, time.time() - bucket_end_s)
         if alert["status"] == "resolved" or alert["bucket_start"] == alert["started_at"]:
             log.info(
@@ -236,44 +276,48 @@ class DetectorService:
         if self.on_alert is not None:
             await self.on_alert(alert)
 
-    async def _dead_letter(self, msg, exc: InvalidReport) -> None:
-        assert self.producer is not None
-        headers = [
-            ("error.reason", exc.reason.encode()),
-            ("error.detail", exc.detail.encode()[:512]),
-            ("source.topic", msg.topic.encode()),
-            ("source.partition", str(msg.partition).encode()),
-            ("source.offset", str(msg.offset).encode()),
-        ]
-        future = await self.producer.send(
-            self.settings.dlq_topic, msg.value, key=msg.key, headers=headers
-        )
-        self.pending.append(future)
-        self.metrics.dlq.labels(exc.reason).inc()
-
     # -- offsets and partitions -----------------------------------------
 
     async def _checkpoint(self, partitions: list[TopicPartition] | None = None) -> None:
-        """Deliver outputs, store changed snapshots, then commit (see the module docstring)."""
-        pending, self.pending = self.pending, []
-        if pending:
-            await asyncio.gather(*pending)
-        offsets = {
-            tp: off for tp, off in self.next_offsets.items()
-            if partitions is None or tp in partitions
+        """One checkpoint of `partitions` (default: all); the order is io/checkpoint.py's."""
+        assert self.checkpointer is not None
+        positions = {
+            tp: p for tp, p in self.positions.items() if partitions is None or tp in partitions
         }
-        if self.store is not None:
-            model = self.settings.model
-            for tp, offset in offsets.items():
-                detector = self.detectors.get(tp.partition)
-                if detector is not None and tp.partition in self.dirty:
-                    await self.store.save(tp.partition, snapshot.encode(detector, model), offset)
-                    self.dirty.discard(tp.partition)
-        if offsets and self.consumer is not None:
-            await self.consumer.commit(offsets)
+        changed = await self.checkpointer.checkpoint(positions, self._snapshot_if_changed)
+        for tp in changed:
+            await self.reset_partition(tp, positions[tp].offset, NOT_THE_LOG)
+
+    def _snapshot_if_changed(self, partition: int) -> bytes | None:
+        detector = self.detectors.get(partition)
+        if detector is None or partition not in self.dirty:
+            return None
+        self.dirty.discard(partition)
+        return snapshot.encode(detector, self.settings.model)
+
+    async def reset_partition(self, tp: TopicPartition, stored: int, why: str) -> None:
+        """Restart `tp` from its earliest offset: its stored position `stored` is `why`."""
+        assert self.consumer is not None
+        begin = (await self.consumer.beginning_offsets([tp]))[tp]
+        end = (await self.consumer.end_offsets([tp]))[tp]
+        keep = self.settings.offset_reset_state == "keep"
+        log.warning(
+            "partition %d: stored offset %d is %s (the log holds %d to %d); restarting from "
+            "offset %d, %s the counted state", tp.partition, stored, why, begin, end, begin,
+            "keeping" if keep else "discarding",
+            extra={"partition": tp.partition, "stored_offset": stored, "log_start": begin,
+                   "log_end": end},
+        )
+        self.metrics.offset_resets.labels(str(tp.partition)).inc()
+        self.positions.pop(tp, None)
+        assert self.checkpointer is not None
+        self.checkpointer.forget([tp])
+        if not keep:
+            self.detectors.pop(tp.partition, None)
+        self._seek(tp, begin)
 
     async def restore(self, assigned: list[TopicPartition]) -> None:
-        """Load assigned partitions' snapshots and resume each at the offset it covers."""
+        """Load assigned partitions' snapshots and resume each where it stopped counting."""
         assert self.consumer is not None
         # aiokafka may already fetch for new partitions while this listener
         # runs; paused, none of their records reach the loop before the seek.
@@ -287,18 +331,30 @@ class DetectorService:
             for tp in assigned:
                 committed = await self.consumer.committed(tp)
                 stored = await self.store.load(tp.partition, committed) if self.store else None
+                self.detectors.pop(tp.partition, None)
+                self.positions.pop(tp, None)
                 if stored is None:
-                    self.detectors.pop(tp.partition, None)
+                    if committed is None:  # a partition never consumed
+                        self._seek(tp, (await self.consumer.beginning_offsets([tp]))[tp])
+                    else:
+                        self._seek(tp, committed)  # checked by the fetch's range only
                     continue
                 self.detectors[tp.partition] = snapshot.decode(
                     stored.data, self.detector_config, wall_ms()
                 )
-                self.next_offsets[tp] = stored.offset
-                self.consumer.seek(tp, stored.offset)
                 log.info("partition restored", extra={
-                    "partition": tp.partition, "offset": stored.offset, "committed": committed,
-                    "series": len(self.detectors[tp.partition].bank),
+                    "partition": tp.partition, "offset": stored.offset,
+                    "committed": committed, "series": len(self.detectors[tp.partition].bank),
                 })
+                position = Position(stored.offset, stored.mark)
+                assert self.reports_log is not None
+                if await self.reports_log.unmatched({tp: position}):
+                    await self.reset_partition(tp, stored.offset, NOT_THE_LOG)
+                else:
+                    self.positions[tp] = position
+                    assert self.checkpointer is not None
+                    self.checkpointer.restored(tp, position)
+                    self._seek(tp, stored.offset)
         except snapshot.SnapshotError as exc:
             # Raised from inside the rebalance listener, which would only log
             # it; the consume loop picks it up and stops the service.
@@ -310,17 +366,30 @@ class DetectorService:
             self.restoring.difference_update(assigned)
             self.consumer.resume(*assigned)
 
+    def _seek(self, tp: TopicPartition, offset: int) -> None:
+        assert self.consumer is not None
+        self.sought[tp] = offset
+        self.consumer.seek(tp, offset)
+
     async def release(self, revoked: list[TopicPartition]) -> None:
         if not revoked:
             return
+        assert self.checkpointer is not None
         log.info("partitions revoked", extra={"partitions": sorted(tp.partition for tp in revoked)})
-        try:
-            await self._checkpoint(revoked)
-        except KafkaError as exc:
-            log.warning("commit on revoke failed", extra={"error": repr(exc)})
+        if not self.checkpointer.failed:
+            try:
+                await self._checkpoint(revoked)
+            except (KafkaError, DeliveryFailed) as exc:
+                # Not stored, not committed: the next owner replays these
+                # reports. This process may not go on (the listener only
+                # logs what it raises): the loop stops on it.
+                log.warning("checkpoint on revoke failed", extra={"error": repr(exc)})
+                self.fatal = exc
+        self.checkpointer.forget(revoked)
         for tp in revoked:
             self.detectors.pop(tp.partition, None)
-            self.next_offsets.pop(tp, None)
+            self.positions.pop(tp, None)
+            self.sought.pop(tp, None)
             self.dirty.discard(tp.partition)
             self.metrics.services.forget(tp.partition)
             with contextlib.suppress(KeyError):
@@ -332,8 +401,8 @@ class DetectorService:
             end = self.consumer.highwater(tp)
             if end is None:
                 continue
-            position = self.next_offsets.get(tp)
-            lag = end - position if position is not None else end
+            position = self.positions.get(tp)
+            lag = end - position.offset if position is not None else end
             self.metrics.lag.labels(tp.topic, str(tp.partition)).set(max(lag, 0))
 
     async def _watch_broker(self, stop: asyncio.Event) -> None:

@@ -50,6 +50,17 @@ class DetectorMetrics:
                            ["reason"], registry=r)
         for reason in REASONS:
             self.dlq.labels(reason)
+        self.send_retries = Counter(
+            "stream_detector_send_retries",
+            "Alerts, dead letters and snapshots sent again after a failed delivery.",
+            ["kind"], registry=r)
+        for kind in ("alert", "dead_letter", "snapshot"):
+            self.send_retries.labels(kind)
+        self.offset_resets = Counter(
+            "stream_detector_offset_resets",
+            "Partitions whose stored position was outside the log (a broker reset, a "
+            "re-created topic, retention), restarted from the earliest offset.",
+            ["partition"], registry=r)
         self.alerts = Counter("stream_detector_alerts_published",
                               "Alert messages published, by status and severity.",
                               ["status", "severity"], registry=r)

@@ -2,7 +2,7 @@
 
 Both stores keep two slots per partition and write them in turn. A snapshot
 is tagged with the source offset it covers; offsets are committed only after
-it is stored (see `checkpoint` in `io/kafka.py`). If the process dies between
+it is stored (see `io/checkpoint.py`). If the process dies between
 storing and committing, the newest snapshot covers reports whose offsets were
 never committed; replaying those onto it would count them twice, so `load`
 takes the newest snapshot that is not ahead of the committed offset, which is
@@ -38,6 +38,9 @@ class StoredSnapshot:
     offset: int
     """The source offset the snapshot covers: consumption resumes here."""
     generation: int
+    mark: str | None = None
+    """The source record just before `offset` (`checkpoint.record_mark`), or
+    None in snapshots older than the mark."""
 
 
 @dataclass(frozen=True)
@@ -71,16 +74,19 @@ class LocalSnapshotStore:
             header, _, data = raw.partition(b"\n")
             meta = orjson.loads(header)
             if zlib.crc32(data) == meta["crc"]:
-                found.append(StoredSnapshot(data, meta["offset"], meta["generation"]))
+                found.append(StoredSnapshot(data, meta["offset"], meta["generation"],
+                                            meta.get("mark")))
         if found:
             self.generation[partition] = max(s.generation for s in found)
         return _pick(found, committed)
 
-    async def save(self, partition: int, data: bytes, offset: int) -> None:
+    async def save(
+        self, partition: int, data: bytes, offset: int, mark: str | None = None
+    ) -> None:
         generation = self.generation.get(partition, 0) + 1
         self.generation[partition] = generation
         path = self.directory / f"partition-{partition}.{generation % 2}.snap"
-        header = orjson.dumps({"generation": generation, "offset": offset,
+        header = orjson.dumps({"generation": generation, "offset": offset, "mark": mark,
                                "crc": zlib.crc32(data)})
         tmp = path.with_suffix(".tmp")
         with tmp.open("wb") as fh:
@@ -121,7 +127,9 @@ class KafkaSnapshotStore:
         found = self.producer.client.cluster.partitions_for_topic(self.topic)
         return len(found) if found else 0
 
-    async def save(self, partition: int, data: bytes, offset: int) -> None:
+    async def save(
+        self, partition: int, data: bytes, offset: int, mark: str | None = None
+    ) -> None:
         generation = self.generation.get(partition, 0) + 1
         self.generation[partition] = generation
         slot = generation % 2
@@ -133,8 +141,8 @@ class KafkaSnapshotStore:
                 self.topic, chunk, key=f"{partition}/{slot}/{i}".encode(), partition=target,
                 headers=[("generation", str(generation).encode())],
             ))
-        manifest = {"generation": generation, "offset": offset, "chunks": len(chunks),
-                    "crc": zlib.crc32(data)}
+        manifest = {"generation": generation, "offset": offset, "mark": mark,
+                    "chunks": len(chunks), "crc": zlib.crc32(data)}
         # The manifest goes last: a manifest that is there means its chunks are too.
         futures.append(await self.producer.send(
             self.topic, orjson.dumps(manifest), key=f"{partition}/{slot}/m".encode(),
@@ -182,7 +190,8 @@ class KafkaSnapshotStore:
                 continue  # a chunk is outside the tail read, or that write never finished
             data = b"".join(p[0] for p in parts)
             if zlib.crc32(data) == meta["crc"]:
-                found.append(StoredSnapshot(data, meta["offset"], meta["generation"]))
+                found.append(StoredSnapshot(data, meta["offset"], meta["generation"],
+                                            meta.get("mark")))
         return found
 
     @staticmethod

@@ -11,11 +11,12 @@ import sys
 import urllib.error
 import urllib.request
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from prometheus_client.parser import text_string_to_metric_families
 
 from stream_detector.app import serve
+from stream_detector.backtest import replay_events
 from stream_detector.config import Settings, load_settings
 from tests.conftest import wait_for
 
@@ -58,8 +59,11 @@ def encode(reports: list[dict]) -> tuple[list[bytes], list[bytes]]:
     return [orjson.dumps(r) for r in reports], [r["service"].encode() for r in reports]
 
 
-async def produce(bootstrap: str, topic: str, values: list[bytes], keys: list[bytes]) -> None:
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, enable_idempotence=False, linger_ms=5)
+async def produce(
+    bootstrap: str, topic: str, values: list[bytes], keys: list[bytes], **options
+) -> None:
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, enable_idempotence=False,
+                                linger_ms=5, **options)
     await producer.start()
     try:
         for key, value in zip(keys, values, strict=True):
@@ -122,6 +126,40 @@ def detector_settings(bootstrap: str, unique: str, **overrides) -> Settings:
     }
     flags.update(overrides)
     return load_settings(flags, environ={})
+
+
+async def committed_total(settings: Settings) -> int:
+    """The group's committed offsets on the reports topic, summed over its partitions."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=settings.bootstrap_servers,
+                                group_id=settings.group_id, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        partitions = consumer.partitions_for_topic(settings.reports_topic) or set()
+        if not partitions:
+            await consumer._client.force_metadata_update()
+            partitions = consumer.partitions_for_topic(settings.reports_topic) or set()
+        total = 0
+        for p in partitions:
+            total += await consumer.committed(TopicPartition(settings.reports_topic, p)) or 0
+        return total
+    finally:
+        await consumer.stop()
+
+
+def replay_settings(bootstrap: str, unique: str, **overrides) -> Settings:
+    """Settings for a run compared bucket for bucket with an offline replay.
+
+    Wall-clock closing would make the end of a run depend on timing, so
+    buckets close on event time only; checkpoints come often.
+    """
+    defaults = {"model": "ewma", "idle_timeout": "1h", "checkpoint_interval": "300ms"}
+    return detector_settings(bootstrap, unique, **{**defaults, **overrides})
+
+
+def offline_alerts(reports: list[dict], settings: Settings) -> list[dict]:
+    """The alerts `backtest --events` makes of `reports` with these settings."""
+    values, _ = encode(reports)
+    return [a for b in replay_events(iter(values), settings.detector_config()) for a in b.alerts]
 
 
 @contextlib.asynccontextmanager

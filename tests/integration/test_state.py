@@ -8,18 +8,18 @@ import signal
 
 import orjson
 import pytest
-from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from stream_detector.backtest import replay_events
 from stream_detector.io.kafka import DetectorService, StateUnusable
 from tests.conftest import wait_for
 from tests.integration.kafka_helpers import (
     MINUTE,
     T0,
-    detector_settings,
+    committed_total,
     encode,
+    offline_alerts,
     produce,
     read_all,
+    replay_settings,
     start_detector,
     traffic,
 )
@@ -28,32 +28,7 @@ pytestmark = pytest.mark.integration
 
 
 def settings_for(broker, unique: str, **overrides):
-    # Wall-clock closing would make the end of a run depend on timing;
-    # these tests compare runs bucket for bucket.
-    defaults = {"model": "ewma", "idle_timeout": "1h", "checkpoint_interval": "300ms"}
-    return detector_settings(broker.bootstrap_servers, unique, **{**defaults, **overrides})
-
-
-async def committed_total(settings) -> int:
-    consumer = AIOKafkaConsumer(bootstrap_servers=settings.bootstrap_servers,
-                                group_id=settings.group_id, enable_auto_commit=False)
-    await consumer.start()
-    try:
-        partitions = consumer.partitions_for_topic(settings.reports_topic) or set()
-        if not partitions:
-            await consumer._client.force_metadata_update()
-            partitions = consumer.partitions_for_topic(settings.reports_topic) or set()
-        total = 0
-        for p in partitions:
-            total += await consumer.committed(TopicPartition(settings.reports_topic, p)) or 0
-        return total
-    finally:
-        await consumer.stop()
-
-
-def offline_alerts(reports, settings) -> list[dict]:
-    values, _ = encode(reports)
-    return [a for b in replay_events(iter(values), settings.detector_config()) for a in b.alerts]
+    return replay_settings(broker.bootstrap_servers, unique, **overrides)
 
 
 async def run_until(settings, condition) -> DetectorService:
