@@ -12,6 +12,9 @@ import asyncio
 import contextlib
 import sys
 import time
+from collections.abc import Iterable, Iterator
+from datetime import UTC, datetime
+from typing import TextIO
 
 import orjson
 from aiokafka import AIOKafkaConsumer
@@ -19,7 +22,9 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from stream_detector.app import serve
 from stream_detector.config import DEFAULT_METRICS_PORT, load_settings
+from stream_detector.core.models.seasonal_poisson import DEFAULTS as SEASONAL_DEFAULTS
 from stream_detector.embedded import EmbeddedBroker, free_port
+from stream_detector.logs import is_terminal
 from stream_detector.sim import publish_to_kafka, simulate
 
 DEMO_SERVICES = 12
@@ -50,20 +55,121 @@ async def _create_topics(bootstrap: str, names: list[str]) -> None:
         await admin.close()
 
 
+def _clock(iso: str) -> str:
+    """`2026-01-08T04:18:00Z` as `04:18Z`: the demo's days are told apart by the progress line."""
+    return iso[11:16] + "Z"
+
+
+def _usually(expected: float) -> str:
+    return f"{expected:.1f}" if expected < 10 else f"{expected:,.0f}"
+
+
 def _line(alert: dict) -> str:
+    """One alert as a person reads it: what this bucket held against what is usual,
+    apart from what the incident has gathered since it started.
+
+    The score is left out: past the paging threshold it shows as 1.0000 for a
+    weak incident and a strong one alike; the severity and the counts tell them apart.
+    """
     where = f"{alert['service']}" + (f" in {alert['region']}" if alert["region"] else "")
-    regions = ", ".join(f"{name} {n}" for name, n in alert["regions"][:3])
-    problems = ", ".join(f"{name} {n}" for name, n in alert["problems"][:2])
+    since = _clock(alert["started_at"])
     if alert["status"] == "resolved":
-        return (f"  RESOLVED  {where:<22} {alert['started_at']} .. {alert['ended_at']}"
-                f"  [{alert['severity']}]")
-    return (f"  FIRING    {where:<22} at {alert['bucket_start']}  {alert['reports']:>6} reports"
-            f" (expected {alert['expected']:.0f}, score {alert['score']:.4f}, "
-            f"{alert['severity']})  regions: {regions}; problems: {problems}")
+        minutes = (_ms(alert["ended_at"]) - _ms(alert["started_at"])) / 60_000
+        return (f"  RESOLVED  {where:<14} {alert['severity']:<8}  "
+                f"{alert['started_at'][:10]} {since} .. {_clock(alert['ended_at'])}"
+                f" ({minutes:.0f} min)")
+    width = alert["bucket_seconds"]
+    bucket = "this minute" if width == 60 else f"this {width} s bucket"
+    regions = ", ".join(f"{name} {n:,}" for name, n in alert["regions"][:3])
+    problems = ", ".join(f"{name} {n:,}" for name, n in alert["problems"][:2])
+    return (f"  FIRING    {where:<14} {alert['severity']:<8}  "
+            f"{alert['bucket_start'][:10]} {_clock(alert['bucket_start'])}  "
+            f"{bucket} {alert['reports']:,} (usually {_usually(alert['expected'])}); "
+            f"since {since}: {regions}; problems {problems}")
+
+
+class DemoProgress:
+    """The demo's progress: one line that updates in place on a terminal, a
+    plain line every `PLAIN_EVERY_S` seconds otherwise (a log file, a CI job).
+
+    Plain code rather than rich or tqdm: it is one line of text, and alert
+    lines must be printed between its updates, which both libraries can do
+    but only by routing every other print through them.
+    """
+
+    TTY_EVERY_S = 0.25
+    PLAIN_EVERY_S = 10.0
+
+    def __init__(self, out: TextIO, incidents: dict[str, list[dict]], warmup_ms: int) -> None:
+        self.out = out
+        self.incidents = incidents
+        self.warmup_ms = warmup_ms
+        self.tty = is_terminal(out)
+        self.sent = 0
+        self.first_ts: int | None = None
+        self.last_ts: int | None = None
+        self.started = time.monotonic()
+        self.shown = False  # an updating line is on the screen, not yet ended
+
+    def count(self, reports: Iterable[dict]) -> Iterator[dict]:
+        """Pass the reports through, noting how many went out and their event time."""
+        for report in reports:
+            ts = report["ts"]
+            if self.first_ts is None:
+                self.first_ts = ts
+            self.last_ts = ts
+            self.sent += 1
+            yield report
+
+    def line(self) -> str:
+        if self.last_ts is None or self.first_ts is None:
+            return "progress: waiting for the first report"
+        clock = datetime.fromtimestamp(self.last_ts / 1000, UTC).strftime("%Y-%m-%d %H:%MZ")
+        rate = self.sent / max(time.monotonic() - self.started, 1e-9)
+        to_go_ms = self.first_ts + self.warmup_ms - self.last_ts
+        models = (f"models warming up, {to_go_ms / 3_600_000:.0f} h to go" if to_go_ms > 0
+                  else "models ready")
+        firing = sum(1 for h in self.incidents.values() if h[-1]["status"] == "firing")
+        return (f"progress: simulated {clock}  {self.sent:,} reports ({rate:,.0f}/s)  "
+                f"{models}  {firing} incident{'s' if firing != 1 else ''} open")
+
+    def show(self) -> None:
+        if self.tty:
+            self.out.write("\r\033[K" + self.line())
+            self.shown = True
+        else:
+            self.out.write(self.line() + "\n")
+        self.out.flush()
+
+    def print(self, text: str) -> None:
+        """A line of its own (an alert), above the updating progress line."""
+        if self.shown:
+            self.out.write("\r\033[K")
+        self.out.write(text + "\n")
+        if self.shown:
+            self.out.write(self.line())
+        self.out.flush()
+
+    def end(self) -> None:
+        """The final figures on a line of their own."""
+        if self.tty:
+            self.show()
+            self.out.write("\n")
+            self.shown = False
+        else:
+            self.show()
+        self.out.flush()
+
+    async def run(self) -> None:
+        """Show the line until cancelled."""
+        every = self.TTY_EVERY_S if self.tty else self.PLAIN_EVERY_S
+        while True:
+            await asyncio.sleep(every)
+            self.show()
 
 
 async def _show_alerts(bootstrap: str, topic: str, incidents: dict[str, list[dict]],
-                       out) -> None:
+                       progress: DemoProgress) -> None:
     consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap,
                                 auto_offset_reset="earliest")
     await consumer.start()
@@ -78,7 +184,7 @@ async def _show_alerts(bootstrap: str, topic: str, incidents: dict[str, list[dic
                     # Show openings, escalations and resolutions; not every update.
                     if (len(history) == 1 or alert["status"] == "resolved"
                             or alert["severity"] != history[-2]["severity"]):
-                        print(_line(alert), file=out, flush=True)
+                        progress.print(_line(alert))
     finally:
         await consumer.stop()
 
@@ -98,16 +204,24 @@ async def run_demo(out=sys.stdout) -> int:
         stop = asyncio.Event()
         detector = asyncio.create_task(serve(settings, stop))
         incidents: dict[str, list[dict]] = {}
+        progress = DemoProgress(out, incidents, int(SEASONAL_DEFAULTS["warmup_seconds"] * 1000))
         shower = asyncio.create_task(_show_alerts(bootstrap, settings.alerts_topic,
-                                                  incidents, out))
+                                                  incidents, progress))
         services, outages, reports = simulate(DEMO_SERVICES, DEMO_DAYS, DEMO_SEED)
         print(f"broker on {bootstrap}; metrics on http://127.0.0.1:{port}/metrics", file=out)
         print(f"simulating {len(services)} services over {DEMO_DAYS:g} days at "
               f"{DEMO_SPEED:,.0f}x; injected:", file=out)
         for outage in outages:
             print(f"  {outage.describe()}", file=out)
-        print("alerts as they arrive on the alerts topic:", file=out, flush=True)
-        sent = await publish_to_kafka(reports, bootstrap, settings.reports_topic, DEMO_SPEED)
+        print("alerts as they arrive on the alerts topic, with progress "
+              f"{'on the last line' if progress.tty else 'every 10 s'}:", file=out, flush=True)
+        ticker = asyncio.create_task(progress.run())
+        sent = await publish_to_kafka(progress.count(reports), bootstrap,
+                                      settings.reports_topic, DEMO_SPEED)
+        ticker.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await ticker
+        progress.end()
 
         # Let the last buckets close and open incidents resolve, then stop.
         deadline = time.monotonic() + 20
@@ -127,27 +241,37 @@ async def run_demo(out=sys.stdout) -> int:
 
 
 def _summary(sent: int, outages, incidents: dict[str, list[dict]], seconds: float, out) -> None:
+    """Each injected outage against the incidents, with two delays: `started`, from
+    the incident's start (back-dated to its first anomalous bucket), and `paged`,
+    from when its first firing message could go out (the end of that bucket), which
+    is what an on-call engineer waits. An incident matching no outage is a false alert."""
     print(f"\nsummary: {sent:,} reports in {seconds:.0f}s, {len(incidents)} incidents", file=out)
     for outage in outages:
-        caught = [
-            h[0] for h in incidents.values()
-            if h[0]["service"] == outage.service and _overlaps(h, outage)
-        ]
-        status = "detected" if caught else ("ignored (not an outage)" if not outage.is_outage
-                                            else "MISSED")
-        if caught:
-            # The page delay: the first firing message could go out when its bucket closed.
-            paged = _ms(caught[0]["bucket_start"]) + 1000 * caught[0]["bucket_seconds"]
-            delay = (paged - outage.start_ms) / 60_000
-            status += f", paged {delay:+.0f} min after it began, {caught[0]['severity']}"
+        caught = [h for h in incidents.values() if _matches(h, outage)]
+        if not caught:
+            status = "ignored (not an outage)" if not outage.is_outage else "MISSED"
+        else:
+            first = min(caught, key=lambda h: _ms(h[0]["bucket_start"]))[0]
+            started = (_ms(first["started_at"]) - outage.start_ms) / 60_000
+            paged = (_ms(first["bucket_start"]) + 1000 * first["bucket_seconds"]
+                     - outage.start_ms) / 60_000
+            worst = "critical" if any(a["severity"] == "critical" for h in caught for a in h) \
+                else "warning"
+            status = (f"paged +{paged:.0f} min after it began (incident dated from "
+                      f"{started:+.0f} min), {worst}")
+            if not outage.is_outage:
+                status += "; a false alert, this was not an outage"
         print(f"  {outage.describe()}: {status}", file=out)
     for history in incidents.values():
-        if not any(h["service"] == o.service and _overlaps(history, o) for o in outages
-                   for h in history[:1]):
+        if not any(_matches(history, o) for o in outages):
             first = history[0]
             where = first["service"] + (f" in {first['region']}" if first["region"] else "")
-            print(f"  false incident: {where} at {first['started_at']}, {first['severity']}",
-                  file=out)
+            print(f"  false alert: {where} {first['started_at'][:10]} {_clock(first['started_at'])}"
+                  f" ({first['severity']}), matches no injected outage", file=out)
+
+
+def _matches(history: list[dict], outage) -> bool:
+    return history[0]["service"] == outage.service and _overlaps(history, outage)
 
 
 def _ms(iso: str) -> int:

@@ -89,7 +89,7 @@ def configure_logging(
         raise ValueError(f"setting log_level: {level!r} is not one of {', '.join(LEVELS)}")
     stream = sys.stderr if stream is None else stream
     if fmt == "auto":
-        fmt = "text" if _is_terminal(stream) else "json"
+        fmt = "text" if is_terminal(stream) else "json"
 
     handler = logging.StreamHandler(stream)
     handler.setFormatter(JsonLineFormatter() if fmt == "json" else TextFormatter())
@@ -109,7 +109,7 @@ def configure_logging(
     return handler
 
 
-def _is_terminal(stream: TextIO) -> bool:
+def is_terminal(stream: TextIO) -> bool:
     isatty = getattr(stream, "isatty", None)
     try:
         return bool(isatty and isatty())
