@@ -8,82 +8,211 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
+import gzip
+import logging
 import os
 import sys
+import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 
-from stream_detector.config import ConfigError, Settings, load_settings
+from stream_detector import __version__
+from stream_detector.config import (
+    RULES,
+    ConfigError,
+    Settings,
+    env_var,
+    format_duration,
+    load_settings,
+    parse_duration,
+)
+from stream_detector.logs import FORMATS, JsonLineFormatter, is_terminal
 
 
 class UsageError(Exception):
     """A mistake in what the user asked for; printed as one sentence."""
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Defaults shown, examples kept as written. A flag backed by a setting has
+    default None (so a config file or the environment is not overridden) and
+    says its setting's default in its own help instead."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        if action.default is None or action.default is False:
+            return action.help or ""
+        return super()._get_help_string(action)
+
+
+def _setting_default(name: str) -> str:
+    value = next(f.default for f in dataclasses.fields(Settings) if f.name == name)
+    rule = RULES[name]
+    if value is None:
+        return "unset"
+    if rule.read is parse_duration:
+        return format_duration(value)
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def _setting_flag(p: argparse.ArgumentParser, name: str, help: str, **kw) -> None:
+    """A flag for setting `name`: its help says the default and, where the setting
+    has them, its choices; the setting's own rule validates the value."""
+    choices = RULES[name].choices
+    listed = f"; one of {', '.join(choices)}" if choices else ""
+    p.add_argument(f"--{name.replace('_', '-')}", help=(
+        f"{help}{listed} (default: {_setting_default(name)}; setting {name}, "
+        f"env {env_var(name)})"), **kw)
+
+
 def _add_kafka_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--bootstrap-servers", help="Kafka brokers, HOST:PORT[,HOST:PORT]")
-    p.add_argument("--security-protocol", help="PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL")
-    p.add_argument("--ssl-cafile", help="CA bundle to verify the brokers")
-    p.add_argument("--ssl-certfile", help="client certificate (PEM)")
-    p.add_argument("--ssl-keyfile", help="client key (PEM)")
-    p.add_argument("--sasl-mechanism", help="PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512")
-    p.add_argument("--sasl-username")
-    p.add_argument("--sasl-password", help="better given as STREAM_DETECTOR_SASL_PASSWORD")
+    _setting_flag(p, "bootstrap_servers", "Kafka brokers, HOST:PORT[,HOST:PORT]",
+                  metavar="HOST:PORT")
+    _setting_flag(p, "security_protocol", "how to talk to the brokers", metavar="PROTOCOL")
+    _setting_flag(p, "ssl_cafile", "CA bundle (PEM) to verify the brokers", metavar="FILE")
+    _setting_flag(p, "ssl_certfile", "client certificate (PEM)", metavar="FILE")
+    _setting_flag(p, "ssl_keyfile", "client key (PEM)", metavar="FILE")
+    _setting_flag(p, "sasl_mechanism", "SASL mechanism", metavar="MECHANISM")
+    _setting_flag(p, "sasl_username", "SASL user name", metavar="USER")
+    _setting_flag(p, "sasl_password", "SASL password; better given in the environment",
+                  metavar="PASSWORD")
+
+
+EXAMPLES = {
+    "run": "example:\n  stream-detector run --bootstrap-servers kafka-1:9092,kafka-2:9092 "
+           "--metrics-port 9108",
+    "simulate": "examples:\n"
+                "  stream-detector simulate --output reports.jsonl --labels labels.json "
+                "--services 12 --days 7\n"
+                "  stream-detector simulate --bootstrap-servers localhost:9092 --speed 3600",
+    "backtest": "examples:\n"
+                "  stream-detector backtest --events reports.jsonl --labels labels.json "
+                "--output alerts.jsonl --plot backtest.png\n"
+                "  stream-detector backtest --input series.csv --output scored.csv "
+                "--direction both",
+    "demo": "example:\n  stream-detector demo",
+}
+
+DEMO_DESCRIPTION = """\
+Runs the whole product on this machine and ends by itself, in about two minutes:
+starts an embedded Kafka-compatible broker (tansu, from the [embedded] extra),
+the detector with its metrics on http://127.0.0.1:9108/metrics (or a free port),
+and the simulator publishing four days of twelve services at about 4,600 times
+real time, with injected outages (among them one modelled on a weekend outage
+of X). It shows progress, the alerts as they arrive on the alerts topic, and a
+summary of which outages paged, how late, and which alerts were false. It takes
+no options and touches no broker of yours."""
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="stream-detector",
+        prog="stream-detector", formatter_class=_HelpFormatter,
         description="Find outages of online services from crowd-sourced problem reports.",
+        epilog="examples:\n  stream-detector demo\n"
+               "  stream-detector run --bootstrap-servers kafka-1:9092\n"
+               "  stream-detector <command> --help",
     )
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="command")
 
-    run = sub.add_parser("run", help="consume reports from Kafka and publish alerts")
+    def command(name: str, help: str, **kw) -> argparse.ArgumentParser:
+        description = kw.pop("description", help)
+        if "\n" not in description:  # the formatter keeps text as written: wrap it here
+            description = textwrap.fill(description, 78)
+        return sub.add_parser(name, help=help, description=description,
+                              epilog=EXAMPLES[name], formatter_class=_HelpFormatter, **kw)
+
+    run = command("run", "consume reports from Kafka and publish alerts",
+                  description="Consume reports from Kafka, publish alerts, serve metrics; "
+                  "stops cleanly on SIGTERM or SIGINT. Flags override, in this order, "
+                  "the environment, the --config file and the defaults.")
     _add_kafka_flags(run)
-    run.add_argument("--config", help="TOML file of settings")
-    run.add_argument("--group-id")
-    run.add_argument("--reports-topic")
-    run.add_argument("--alerts-topic")
-    run.add_argument("--dlq-topic")
-    run.add_argument("--bucket", help="bucket width, e.g. 60s or 15m")
-    run.add_argument("--model", help="per-series model by name")
-    run.add_argument("--metrics-port", help="port of /metrics; 0 picks a free one")
-    run.add_argument("--alertmanager-url", help="also push incidents to this Alertmanager")
-    run.add_argument("--log-format", choices=["auto", "json", "text"])
+    run.add_argument("--config", metavar="FILE.toml", help="TOML file of settings")
+    _setting_flag(run, "group_id", "consumer group; instances in one group share the "
+                  "partitions", metavar="GROUP")
+    _setting_flag(run, "reports_topic", "topic the reports come in on", metavar="TOPIC")
+    _setting_flag(run, "alerts_topic", "topic alerts go out on", metavar="TOPIC")
+    _setting_flag(run, "dlq_topic", "topic malformed reports go to", metavar="TOPIC")
+    _setting_flag(run, "bucket", "bucket width, e.g. 60s or 15m; must divide an hour",
+                  metavar="DURATION")
+    _setting_flag(run, "model", "per-series model", metavar="NAME")
+    _setting_flag(run, "metrics_port", "port of /metrics, /healthz, /readyz; 0 picks a free one",
+                  metavar="PORT")
+    _setting_flag(run, "alertmanager_url", "also push incidents to this Alertmanager (v2 API)",
+                  metavar="URL")
+    _setting_flag(run, "startup_timeout", "how long to keep trying an unreachable broker at "
+                  "start-up", metavar="DURATION")
+    _setting_flag(run, "log_format", "log lines; auto is json when stderr is not a terminal",
+                  metavar="FORMAT")
+    _setting_flag(run, "log_level", "lowest level logged", metavar="LEVEL")
 
-    sim = sub.add_parser("simulate", help="generate realistic report traffic with outages")
+    sim = command("simulate", "generate realistic report traffic with outages",
+                  description="Generate realistic report traffic with injected outages, to a "
+                  "JSON-lines file or a Kafka topic; prints what it injected.")
     _add_kafka_flags(sim)
-    sim.add_argument("--output", help="write JSON lines to this file instead of Kafka")
-    sim.add_argument("--topic", default="reports", help="topic to publish to (default reports)")
-    sim.add_argument("--services", type=int, default=30)
-    sim.add_argument("--days", type=float, default=21.0)
+    sim.add_argument("--output", metavar="FILE.jsonl",
+                     help="write JSON lines to this file instead of Kafka")
+    sim.add_argument("--topic", default="reports", help="topic to publish to")
+    sim.add_argument("--services", type=int, default=30, help="how many services")
+    sim.add_argument("--days", type=float, default=21.0, help="simulated days")
     sim.add_argument("--speed", type=float, default=0.0,
                      help="simulated seconds per second when publishing; 0 = as fast as possible")
-    sim.add_argument("--seed", type=int, default=1)
-    sim.add_argument("--labels", help="write the injected outages as a labels JSON file")
+    sim.add_argument("--seed", type=int, default=1, help="random seed; one seed, one traffic")
+    sim.add_argument("--labels", metavar="FILE.json",
+                     help="write the injected outages as a labels JSON file")
 
-    bt = sub.add_parser("backtest", help="run the detector offline over a file")
+    bt = command("backtest", "run the detector offline over a file",
+                 description="Run the detector core offline over a file of reports "
+                 "(--events) and write the alerts `run` would publish, or score one "
+                 "pre-bucketed series (--input).")
     source = bt.add_mutually_exclusive_group(required=True)
-    source.add_argument("--events", help="report events, one JSON object per line")
-    source.add_argument("--input", help="one pre-bucketed series: CSV with timestamp,value")
-    bt.add_argument("--output", required=True)
-    bt.add_argument("--bucket", default="60s")
-    bt.add_argument("--model", help="per-series model by name")
-    bt.add_argument("--direction", choices=["up", "down", "both"], default="up")
-    bt.add_argument("--config", help="TOML file of detector settings")
-    bt.add_argument("--labels", help="with --events: the simulator's labels JSON; prints "
-                    "recall, false incidents and detection delay")
+    source.add_argument("--events", metavar="FILE.jsonl",
+                        help="report events, one JSON object per line (.gz read too)")
+    source.add_argument("--input", metavar="FILE.csv",
+                        help="one pre-bucketed series: CSV with timestamp,value")
+    bt.add_argument("--output", required=True, metavar="FILE",
+                    help="alerts (JSON lines) with --events; scored CSV with --input")
+    _setting_flag(bt, "bucket", "with --events: bucket width", metavar="DURATION")
+    _setting_flag(bt, "model", "per-series model", metavar="NAME")
+    bt.add_argument("--direction", choices=["up", "down", "both"], default="up",
+                    help="with --input: which departures count")
+    bt.add_argument("--config", metavar="FILE.toml", help="TOML file of detector settings")
+    bt.add_argument("--labels", metavar="FILE.json", help="with --events: the simulator's "
+                    "labels JSON; prints recall, false incidents and detection delay")
     bt.add_argument("--plot", metavar="FILE.png", help="with --events: draw reports, the "
                     "normal band, labelled windows and incidents (needs the [plot] extra)")
 
-    sub.add_parser("demo", help="everything on a local embedded broker, ends by itself")
+    command("demo", "everything on a local embedded broker, ends by itself",
+            description=DEMO_DESCRIPTION)
     return parser
+
+
+# The log format of `run` as far as it is known: the flag or environment
+# until the settings are read, then the settings'. A warning or error of the
+# command line comes out in it, so a log collector reading JSON lines gets
+# the one sentence as a JSON line too.
+_log_format: str | None = None
+
+
+def _json_lines() -> bool:
+    fmt = _log_format or "text"
+    return fmt == "json" or (fmt == "auto" and not is_terminal(sys.stderr))
+
+
+def _say(level: int, message: str) -> None:
+    """One line on stderr: `stream-detector: error: ...`, or a JSON log line under JSON logs."""
+    if _json_lines():
+        record = logging.LogRecord(__name__, level, __file__, 0, message, None, None)
+        print(JsonLineFormatter().format(record), file=sys.stderr)
+    else:
+        print(f"stream-detector: {logging.getLevelName(level).lower()}: {message}",
+              file=sys.stderr)
 
 
 def _warn(message: str) -> None:
     # Settings are read before logging is configured (they configure it), so
     # their warnings go straight to stderr, in the form of the error line.
-    print(f"stream-detector: warning: {message}", file=sys.stderr)
+    _say(logging.WARNING, message)
 
 
 def _settings_from(args: argparse.Namespace, names: Sequence[str]) -> Settings:
@@ -107,13 +236,18 @@ def _check_writable(flag: str, path: str | None) -> None:
 
 RUN_FLAGS = (
     "bootstrap_servers", "group_id", "reports_topic", "alerts_topic", "dlq_topic", "bucket",
-    "model", "metrics_port", "alertmanager_url", "log_format", "security_protocol", "ssl_cafile",
+    "model", "metrics_port", "alertmanager_url", "startup_timeout", "log_format", "log_level",
+    "security_protocol", "ssl_cafile",
     "ssl_certfile", "ssl_keyfile", "sasl_mechanism", "sasl_username", "sasl_password",
 )
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    global _log_format
+    raw = args.log_format or os.environ.get(env_var("log_format"), "auto")
+    _log_format = raw.strip().lower() if raw.strip().lower() in FORMATS else "auto"
     settings = _settings_from(args, RUN_FLAGS)
+    _log_format = settings.log_format
     from stream_detector.app import configure_logging, serve, tune_gc
 
     configure_logging(settings)
@@ -148,6 +282,8 @@ def cmd_backtest(args: argparse.Namespace) -> int:
             raise UsageError(
                 "--plot needs matplotlib: pip install 'stream-detector[plot]'"
             ) from None
+    if _holds_no_lines(args.events):
+        raise UsageError(f"--events {args.events} holds no reports: the file is empty")
     run = run_labelled_backtest(args.events, args.output, config, labels,
                                 keep_history=bool(args.plot))
     opened = len(run.incidents)
@@ -162,6 +298,16 @@ def cmd_backtest(args: argparse.Namespace) -> int:
                                run.evaluation, config.bucket_ms, config.policy.band_spreads)
         print(f"{panels} panels -> {args.plot}", file=sys.stderr)
     return 0
+
+
+def _holds_no_lines(path: str) -> bool:
+    """Whether the events file (gzip too) has no line but blanks; False when it cannot
+    be read, which the replay reports itself, naming the file."""
+    try:
+        with (gzip.open(path, "rb") if path.endswith(".gz") else open(path, "rb")) as events:
+            return not any(line.strip() for line in events)
+    except (OSError, EOFError):
+        return False
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
@@ -186,6 +332,9 @@ def cmd_simulate(args: argparse.Namespace) -> int:
                                          "sasl_username", "sasl_password"))
         from stream_detector.io.clients import BrokerUnreachable
 
+        # aiokafka logs each failed connection in its own words before it
+        # raises; the sentence below says it once, naming the setting.
+        logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
         try:
             n = asyncio.run(publish_to_kafka(
                 reports, settings.bootstrap_servers, args.topic, args.speed,
@@ -216,12 +365,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     from stream_detector.io.clients import BrokerUnreachable
     from stream_detector.io.kafka import StateUnusable
     from stream_detector.io.publisher import DeliveryFailed
+    from stream_detector.io.state import StoreUnwritable
 
     try:
         return COMMANDS[args.command](args)
     except (ConfigError, UsageError, BrokerUnreachable, StateUnusable, DeliveryFailed,
-            EmbeddedBrokerError, ValueError) as exc:
-        print(f"stream-detector: error: {exc}", file=sys.stderr)
+            StoreUnwritable, EmbeddedBrokerError, ValueError) as exc:
+        _say(logging.ERROR, str(exc))
         return 2
     except KeyboardInterrupt:
         return 130

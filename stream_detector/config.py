@@ -271,6 +271,10 @@ class Settings:
     state_store: str = _setting("kafka", _text, choices=("kafka", "local", "none"))
     state_dir: str = _setting("stream-detector-state", _text)
     shutdown_timeout: float = _setting(10.0, parse_duration, low=1.0, high=600.0)
+    # How long `run` keeps trying brokers that do not answer at start-up, so
+    # a detector started beside its broker (compose, a pod restart) waits for
+    # it; 0 gives up at the first failure. A TLS mismatch is never retried.
+    startup_timeout: float = _setting(30.0, parse_duration, low=0.0, high=HOUR)
     # How long an alert, dead letter or snapshot the broker refuses is sent
     # again before the process stops without a checkpoint (a restart then
     # replays it). Long enough to ride out a broker restart or a leader move.
@@ -354,6 +358,14 @@ def _check_combinations(s: Settings) -> None:
             f" allowed_lateness after it ends, so more would hold every alert back by more than"
             f" a bucket"
         )
+    for name in ("alerts_topic", "dlq_topic", "state_topic"):
+        # The detector would read its own output as reports: dead letters
+        # of dead letters without end, alerts and snapshots counted.
+        if getattr(s, name) == s.reports_topic:
+            raise ConfigError(
+                f"setting {name}: must differ from reports_topic ({s.reports_topic!r}), or the "
+                "detector would read its own output as reports"
+            )
     if s.open_score > s.critical_score:
         raise ConfigError(
             f"setting open_score: must be at most critical_score ({s.critical_score!r}), "

@@ -10,13 +10,16 @@ settings when the broker answers but TLS fails.
 from __future__ import annotations
 
 import asyncio
+import logging
 import ssl
 import struct
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.errors import KafkaConnectionError, KafkaError
 
-from stream_detector.config import Settings
+from stream_detector.config import Settings, format_duration
+
+log = logging.getLogger(__name__)
 
 # How the reports consumer fetches. Large fetches, for throughput. A short
 # long-poll because aiokafka keeps one fetch in flight per broker: when some
@@ -59,20 +62,48 @@ def build_consumer(settings: Settings) -> AIOKafkaConsumer:
     )
 
 
+# The first wait between start-up tries, doubled after each up to the cap.
+STARTUP_RETRY_FIRST_S = 1.0
+STARTUP_RETRY_MAX_S = 10.0
+
+
 async def start_client(client: AIOKafkaConsumer | AIOKafkaProducer, settings: Settings) -> None:
-    try:
-        await client.start()
-    except (KafkaConnectionError, KafkaError, OSError) as exc:
-        # aiokafka logs why each bootstrap server failed and raises a bare
-        # "Unable to bootstrap", with no __cause__: the SSL error is gone. So
-        # on failure, and only then, one probe of the first server says
-        # whether TLS is what went wrong.
-        sentence = await diagnose_connection(settings)
-        raise BrokerUnreachable(sentence or (
-            f"cannot reach the Kafka broker at bootstrap_servers={settings.bootstrap_servers} "
-            f"({type(exc).__name__}); check the bootstrap_servers setting and that the broker "
-            "is running"
-        )) from None
+    """Start `client`, trying again for up to `startup_timeout` while nothing answers.
+
+    A broker started beside the detector (compose, a pod restart) is often
+    not listening yet. Each failed try is logged with the wait before the next;
+    a TLS mismatch is a setting to fix, not a broker to wait for, so it ends at once.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + settings.startup_timeout
+    wait = STARTUP_RETRY_FIRST_S
+    tries = 0
+    while True:
+        tries += 1
+        try:
+            await client.start()
+            return
+        except (KafkaConnectionError, KafkaError, OSError) as exc:
+            # aiokafka logs why each bootstrap server failed and raises a bare
+            # "Unable to bootstrap", with no __cause__: the SSL error is gone. So
+            # on failure, and only then, one probe of the first server says
+            # whether TLS is what went wrong.
+            sentence = await diagnose_connection(settings)
+            left = deadline - loop.time()
+            if sentence is not None or left <= 0:
+                waited = (f" (tried {tries} times over {format_duration(settings.startup_timeout)}"
+                          "; setting startup_timeout)") if tries > 1 else ""
+                raise BrokerUnreachable(sentence or (
+                    f"cannot reach the Kafka broker at bootstrap_servers="
+                    f"{settings.bootstrap_servers} ({type(exc).__name__}){waited}; check the "
+                    "bootstrap_servers setting and that the broker is running"
+                )) from None
+            pause = min(wait, left)
+            log.warning("Kafka broker not reachable at start-up; trying again",
+                        extra={"bootstrap_servers": settings.bootstrap_servers, "try": tries,
+                               "retry_in_s": round(pause, 1), "gives_up_in_s": round(left, 1)})
+            await asyncio.sleep(pause)
+            wait = min(2 * wait, STARTUP_RETRY_MAX_S)
 
 
 # -- what a failed connection means ------------------------------------------

@@ -10,6 +10,7 @@ import time
 import urllib.error
 import urllib.request
 
+import orjson
 import pytest
 
 from stream_detector.embedded import free_port
@@ -27,14 +28,25 @@ def stream_detector(*args: str, env: dict | None = None, **kw) -> subprocess.Pop
 
 
 def one_sentence_error(proc: subprocess.Popen, timeout: float = 60) -> str:
+    """The one error line of a failed command, as `stream-detector: error: ...`.
+
+    Under JSON logs (`run` with log_format auto, as here where stderr is a
+    pipe) it is a JSON line of level error from the command line; other
+    JSON log lines may come before it. Otherwise it is the one plain line.
+    """
     _, err = proc.communicate(timeout=timeout)
     assert proc.returncode == 2, err
     assert "Traceback" not in err
-    # Structured log lines may come first; the error itself is one plain sentence.
-    lines = [line for line in err.splitlines() if line.strip() and not line.startswith("{")]
-    assert len(lines) == 1, err
-    assert lines[0].startswith("stream-detector: error: ")
-    return lines[0]
+    lines = [line for line in err.splitlines() if line.strip()]
+    plain = [line for line in lines if not line.startswith("{")]
+    errors = [entry for entry in map(orjson.loads, (x for x in lines if x.startswith("{")))
+              if entry["logger"] == "stream_detector.cli" and entry["level"] == "error"]
+    assert len(plain) + len(errors) == 1, err
+    if errors:
+        assert "\n" not in errors[0]["msg"]
+        return f"stream-detector: error: {errors[0]['msg']}"
+    assert plain[0].startswith("stream-detector: error: ")
+    return plain[0]
 
 
 @pytest.mark.parametrize("args, env, setting", [
@@ -95,14 +107,42 @@ def test_a_misspelled_environment_variable_is_a_warning_on_stderr(tmp_path):
             in err.splitlines())
 
 
-def test_the_warning_comes_before_an_error_of_run(tmp_path):
-    proc = stream_detector("run", "--bucket", "7s", env={"STREAM_DETECTOR_MODLE": "ewma"})
+@pytest.mark.parametrize("log_format", ["text", "json"])
+def test_the_warning_comes_before_an_error_of_run(tmp_path, log_format):
+    proc = stream_detector("run", "--bucket", "7s", "--log-format", log_format,
+                           env={"STREAM_DETECTOR_MODLE": "ewma"})
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 2 and "Traceback" not in err
     warning, error = err.splitlines()
-    assert warning.startswith("stream-detector: warning: environment variable "
-                              "STREAM_DETECTOR_MODLE") and "STREAM_DETECTOR_MODEL" in warning
-    assert error.startswith("stream-detector: error: setting bucket: ")
+    if log_format == "json":
+        warning, error = orjson.loads(warning), orjson.loads(error)
+        assert (warning["level"], error["level"]) == ("warning", "error")
+        warning, error = warning["msg"], error["msg"]
+    else:
+        warning = warning.removeprefix("stream-detector: warning: ")
+        error = error.removeprefix("stream-detector: error: ")
+    assert warning.startswith("environment variable STREAM_DETECTOR_MODLE")
+    assert "STREAM_DETECTOR_MODEL" in warning
+    assert error.startswith("setting bucket: ")
+
+
+def test_under_json_logs_an_error_is_a_json_line():
+    proc = stream_detector("run", "--metrics-port", "70000",
+                           env={"STREAM_DETECTOR_LOG_FORMAT": "json"})
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 2
+    (line,) = err.splitlines()
+    entry = orjson.loads(line)
+    assert entry["level"] == "error" and entry["logger"] == "stream_detector.cli"
+    assert entry["msg"].startswith("setting metrics_port: ") and entry["ts"].endswith("Z")
+
+
+def test_an_empty_events_file_is_an_error_naming_it(tmp_path):
+    events = tmp_path / "events.jsonl"
+    events.write_text("\n\n")
+    line = one_sentence_error(stream_detector(
+        "backtest", "--events", str(events), "--output", str(tmp_path / "alerts.jsonl")))
+    assert line == f"stream-detector: error: --events {events} holds no reports: the file is empty"
 
 
 def test_bad_toml_names_the_file(tmp_path):
@@ -114,10 +154,40 @@ def test_bad_toml_names_the_file(tmp_path):
 
 def test_unreachable_broker_ends_in_one_sentence():
     address = f"127.0.0.1:{free_port()}"
-    line = one_sentence_error(
-        stream_detector("run", "--bootstrap-servers", address, "--metrics-port", "0")
-    )
+    line = one_sentence_error(stream_detector(
+        "run", "--bootstrap-servers", address, "--metrics-port", "0", "--startup-timeout", "0"))
     assert "bootstrap_servers" in line and address in line
+
+
+def test_run_tries_an_unreachable_broker_for_startup_timeout_then_gives_up():
+    address = f"127.0.0.1:{free_port()}"
+    started = time.monotonic()
+    proc = stream_detector("run", "--bootstrap-servers", address, "--metrics-port", "0",
+                           "--startup-timeout", "4s", "--log-format", "json")
+    _, err = proc.communicate(timeout=60)
+    took = time.monotonic() - started
+    assert proc.returncode == 2 and "Traceback" not in err, err
+    entries = [orjson.loads(line) for line in err.splitlines()]
+    tries = [e for e in entries if e["msg"].startswith("Kafka broker not reachable at start-up")]
+    # Waits of 1 s, 2 s, then what is left: two or three logged tries (a slow try
+    # leaves no time for a third), then the last one fails for good.
+    assert [e["try"] for e in tries] in ([1, 2], [1, 2, 3]), err
+    assert all(e["level"] == "warning" and e["bootstrap_servers"] == address for e in tries)
+    (error,) = [e for e in entries if e["level"] == "error"]
+    assert address in error["msg"] and "setting startup_timeout" in error["msg"]
+    assert 4 <= took < 40
+
+
+def test_simulate_to_an_unreachable_broker_says_it_once(tmp_path):
+    address = f"127.0.0.1:{free_port()}"
+    proc = stream_detector("simulate", "--bootstrap-servers", address, "--services", "2",
+                           "--days", "0.01")
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 2 and "Traceback" not in err, err
+    assert "Unable connect" not in err and "aiokafka" not in err, err
+    last = err.splitlines()[-1]
+    assert last.startswith("stream-detector: error: cannot reach the Kafka broker at "
+                           f"bootstrap_servers={address}")
 
 
 def _status(port: int, path: str) -> int:
