@@ -99,6 +99,8 @@ class DetectorService:
         self.reports_log: ReportsLog | None = None
         # Where `restore` or a reset last sought each partition.
         self.sought: dict[TopicPartition, int] = {}
+        # State kept through an offset reset, until the partition's next restore.
+        self.kept_after_reset: dict[TopicPartition, PartitionDetector] = {}
         self.messages_seen = 0
         self.connected = False
         self.assigned = False
@@ -112,6 +114,8 @@ class DetectorService:
 
     async def start(self) -> None:
         s = self.settings
+        if s.state_store == "local":
+            self.store = LocalSnapshotStore(s.state_dir)  # refused before any client starts
         self.producer = build_producer(s)
         try:
             await start_client(self.producer, s)
@@ -126,8 +130,6 @@ class DetectorService:
             raise
         if s.state_store == "kafka":
             self.store = KafkaSnapshotStore(self.producer, s.kafka_client_options(), s.state_topic)
-        elif s.state_store == "local":
-            self.store = LocalSnapshotStore(s.state_dir)
         self.publisher = Publisher(self.producer, self.metrics, s.delivery_timeout)
         self.reports_log = ReportsLog(self.consumer, s.kafka_client_options())
         self.checkpointer = Checkpointer(
@@ -147,12 +149,17 @@ class DetectorService:
             except (TimeoutError, KafkaError, DeliveryFailed) as exc:
                 log.warning("final checkpoint failed; a restart replays what it did not cover",
                             extra={"error": repr(exc)})
-        if self.consumer is not None:
-            await self.consumer.stop()
-        if self.reports_log is not None:
-            await self.reports_log.stop()
-        if self.producer is not None:
-            await self.producer.stop()
+        for client in (self.consumer, self.reports_log, self.producer):
+            if client is None:
+                continue
+            try:
+                await client.stop()
+            except (asyncio.CancelledError, KafkaError) as exc:
+                # aiokafka lets its fetcher's cancellation escape a stop while
+                # the broker is unreachable; nothing is left to save by then.
+                if (task := asyncio.current_task()) is not None and task.cancelling():
+                    raise
+                log.warning("a Kafka client did not close cleanly", extra={"error": repr(exc)})
         self.metrics.kafka_connected.set(0)
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -312,7 +319,13 @@ class DetectorService:
         self.positions.pop(tp, None)
         assert self.checkpointer is not None
         self.checkpointer.forget([tp])
-        if not keep:
+        if keep:
+            # A new cluster usually brings a rebalance, whose restore finds
+            # no snapshot there (the changelog went with the log): it takes
+            # this state instead of starting from nothing.
+            if tp.partition in self.detectors:
+                self.kept_after_reset[tp] = self.detectors[tp.partition]
+        else:
             self.detectors.pop(tp.partition, None)
         self._seek(tp, begin)
 
@@ -333,8 +346,13 @@ class DetectorService:
                 stored = await self.store.load(tp.partition, committed) if self.store else None
                 self.detectors.pop(tp.partition, None)
                 self.positions.pop(tp, None)
+                kept = self.kept_after_reset.pop(tp, None)
                 if stored is None:
-                    if committed is None:  # a partition never consumed
+                    if kept is not None:
+                        self.detectors[tp.partition] = kept
+                        log.info("partition resumes with the state kept through its reset",
+                                 extra={"partition": tp.partition, "series": len(kept.bank)})
+                    if committed is None or kept is not None:  # never consumed, or reset
                         self._seek(tp, (await self.consumer.beginning_offsets([tp]))[tp])
                     else:
                         self._seek(tp, committed)  # checked by the fetch's range only

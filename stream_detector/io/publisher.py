@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from aiokafka import AIOKafkaProducer
-from aiokafka.errors import KafkaError, MessageSizeTooLargeError
+from aiokafka.errors import KafkaError, KafkaTimeoutError, MessageSizeTooLargeError
 
 from stream_detector.core.events import TOO_LARGE
 
@@ -71,7 +71,9 @@ class Outgoing:
         """Why the last attempt failed, or None when it was delivered."""
         if self.error is not None:
             return self.error
-        assert self.future is not None and self.future.done()
+        assert self.future is not None
+        if not self.future.done():
+            return KafkaTimeoutError("not confirmed by the broker yet")
         return self.future.exception()
 
 
@@ -159,7 +161,9 @@ class Publisher:
         while True:
             waiting = [r.future for r in self.outgoing if r.error is None]
             if waiting:
-                await asyncio.wait(waiting)
+                # The budget bounds this wait too: the producer's own retries
+                # (up to its request timeout) count against it.
+                await asyncio.wait(waiting, timeout=max(deadline - self.clock(), 0.0))
             failed = [r for r in self.outgoing if r.failure() is not None]
             if not failed:
                 self.outgoing.clear()
@@ -176,6 +180,8 @@ class Publisher:
             await self.sleep(min(backoff, max(deadline - self.clock(), 0)))
             backoff = min(backoff * 2, MAX_BACKOFF)
             for record in failed:
+                if record.future is not None and not record.future.done():
+                    continue  # still in the producer's hands: sending it again would double it
                 if isinstance(record.failure(), MessageSizeTooLargeError) and record.value:
                     if record.kind != "dead_letter" or len(record.value) <= DLQ_MIN_VALUE:
                         continue  # nothing smaller to send; the deadline ends it

@@ -73,7 +73,11 @@ class ReportsLog:
                 **self.client_options, enable_auto_commit=False, auto_offset_reset="none",
                 fetch_max_wait_ms=100,
             )
-            await reader.start()
+            try:
+                await reader.start()
+            except BaseException:
+                await reader.stop()  # a reader that never started still holds a client
+                raise
             self.reader = reader
         reader = self.reader
         reader.assign(list(marked))

@@ -32,6 +32,10 @@ CHUNK_BYTES = 512 * 1024
 TAIL_RECORDS = 64
 
 
+class StoreUnwritable(RuntimeError):
+    """The local store cannot be written; the message names `state_dir`."""
+
+
 @dataclass(frozen=True)
 class StoredSnapshot:
     data: bytes
@@ -61,7 +65,12 @@ class LocalSnapshotStore:
 
     def __init__(self, directory: str | Path):
         self.directory = Path(directory)
-        self.directory.mkdir(parents=True, exist_ok=True)
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StoreUnwritable(
+                f"setting state_dir: cannot use {directory} as a directory ({exc.strerror})"
+            ) from None
         self.generation: dict[int, int] = {}
 
     async def load(self, partition: int, committed: int | None) -> StoredSnapshot | None:
@@ -89,11 +98,18 @@ class LocalSnapshotStore:
         header = orjson.dumps({"generation": generation, "offset": offset, "mark": mark,
                                "crc": zlib.crc32(data)})
         tmp = path.with_suffix(".tmp")
-        with tmp.open("wb") as fh:
-            fh.write(header + b"\n" + data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        tmp.replace(path)  # atomic: a crash leaves the old file or the new one
+        try:
+            with tmp.open("wb") as fh:
+                fh.write(header + b"\n" + data)
+                fh.flush()
+                os.fsync(fh.fileno())
+            tmp.replace(path)  # atomic: a crash leaves the old file or the new one
+        except OSError as exc:
+            # Nothing was committed behind it: stopping here loses nothing.
+            raise StoreUnwritable(
+                f"setting state_dir: cannot write a snapshot to {self.directory} "
+                f"({exc.strerror}); stopping without a checkpoint"
+            ) from None
 
 
 class KafkaSnapshotStore:

@@ -55,6 +55,12 @@ def one_sentence_error(proc: subprocess.Popen, timeout: float = 60) -> str:
     ([], {"STREAM_DETECTOR_MODEL": "crystal-ball"}, "model"),
     ([], {"STREAM_DETECTOR_SECURITY_PROTOCOL": "SASL_SSL"}, "sasl_mechanism"),
     (["--config", "/nonexistent/settings.toml"], {}, "config"),
+    # Found by a red team: a DLQ read back as reports, and a state_dir that
+    # cannot be a directory (a traceback before).
+    ([], {"STREAM_DETECTOR_DLQ_TOPIC": "reports"}, "dlq_topic"),
+    (["--metrics-port", "0"],
+     {"STREAM_DETECTOR_STATE_STORE": "local", "STREAM_DETECTOR_STATE_DIR": "/proc/nope"},
+     "state_dir"),
 ])
 def test_bad_setting_ends_in_one_sentence_naming_it(args, env, setting):
     line = one_sentence_error(stream_detector("run", *args, env=env))

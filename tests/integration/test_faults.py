@@ -191,6 +191,8 @@ async def test_a_broker_restarted_empty_is_detected_and_every_new_report_counted
         await produce(settings.bootstrap_servers, settings.reports_topic, old, keys[:len(old)])
         await wait_for(lambda: service.messages_seen == len(old), 60)
         await wait_for(lambda: at_least(committed_total(settings), 1), 30)
+        (partition,) = [p for p, d in service.detectors.items() if len(d.bank)]
+        learned = service.detectors[partition]
 
         # The broker comes back with nothing: no topics, no groups, no offsets.
         first.stop()
@@ -214,5 +216,8 @@ async def test_a_broker_restarted_empty_is_detected_and_every_new_report_counted
     resets = [r for r in caplog.records if r.levelno == logging.WARNING
               and "restarting from offset 0" in r.getMessage()]
     assert resets, "no WARNING named the reset"
-    assert service.metrics.offset_resets.labels("0")._value.get() >= 1
+    assert service.metrics.offset_resets.labels(str(partition))._value.get() >= 1
+    # offset_reset_state = keep: the baselines learned before the reset go on,
+    # through the rebalance the new cluster brought.
+    assert service.detectors[partition] is learned
     assert not [r for r in caplog.records if r.exc_info or r.levelno >= logging.ERROR]

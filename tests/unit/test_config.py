@@ -72,6 +72,10 @@ PROBE = [
     ("open_score = 0", "open_score", "more than 0.0 and at most 1.0, not 0.0"),
     ("critical_score = 1.5", "critical_score", "not 1.5"),
     ("open_score = 0.9999999", "open_score", "at most critical_score (0.99999)"),
+    # The detector's outputs are not its input.
+    ('dlq_topic = "reports"', "dlq_topic", "must differ from reports_topic ('reports')"),
+    ('alerts_topic = "reports"', "alerts_topic", "must differ from reports_topic"),
+    ('state_topic = "reports"', "state_topic", "must differ from reports_topic"),
     # Text stays text.
     ("reports_topic = 7", "reports_topic", "expected text, not a number (7)"),
     ('alerts_topic = ""', "alerts_topic", "must not be empty"),
