@@ -1,8 +1,10 @@
 """Pictures of a labelled backtest: why the detector fired, or why it did not.
 
-One panel per stretch of one series that holds labelled events or incidents:
-reports per bucket, the model's normal band (expected ± 2 spreads), the
-labelled windows shaded and the incidents drawn as spans. matplotlib is an
+One panel per stretch of one series that holds labelled events or incidents,
+chosen so the picture shows one event of every kind in the labels (a missed
+one first, being the telling one) and every false incident: reports per
+bucket, the model's normal band (expected ± 2 spreads), the labelled windows
+shaded, the incidents as bars and a marker where each paged. matplotlib is an
 optional dependency (the `plot` extra), so it is imported only here, lazily,
 with the file-writing Agg backend.
 """
@@ -15,7 +17,9 @@ from pathlib import Path
 
 from stream_detector.backtest import IncidentSpan, Label, LabelEvaluation, SeriesHistory
 
-MAX_PANELS = 6
+# Beyond this many panels a picture is no longer read; false incidents past
+# it are counted in the title instead of drawn.
+MAX_PANELS = 16
 HOUR_MS = 3_600_000
 # Events on one series closer than this share a panel.
 JOIN_MS = 6 * HOUR_MS
@@ -30,16 +34,35 @@ class Panel:
     end_ms: int
     labels: list[Label] = field(default_factory=list)
     incidents: list[IncidentSpan] = field(default_factory=list)
-    priority: int = 3
+    missed: set[int] = field(default_factory=set)
+    """`id()` of the labels of this panel that no incident caught."""
+    false: set[str] = field(default_factory=set)
+    """`alert_id` of this panel's incidents that cover no labelled outage."""
+    pages: dict[int, float] = field(default_factory=dict)
+    """`id()` of a caught label -> minutes from its start to the page."""
 
     @property
     def title(self) -> str:
         name = f"{self.service} in {self.region}" if self.region else self.service
-        what = [f"{lb.shape} ({'not an outage' if not lb.is_outage else 'outage'})"
-                for lb in self.labels]
-        if not self.labels:
-            what.append("false incident")
-        return f"{name}: {', '.join(what)}"
+        what = []
+        for lb in self.labels:
+            if not lb.is_outage:
+                what.append(f"{lb.shape or 'flood'} (not an outage; one reporter's repeats "
+                            "count once an hour, so they barely show)")
+            elif id(lb) in self.missed:
+                what.append(f"{lb.shape} outage{_peak(lb)}: MISSED")
+            else:
+                page = self.pages.get(id(lb))
+                paged = f", paged +{page:.0f} min" if page is not None else ""
+                what.append(f"{lb.shape} outage{_peak(lb)}{paged}")
+        falses = sum(1 for inc in self.incidents if inc.alert_id in self.false)
+        if falses:
+            what.append("false incident" + (f" x{falses}" if falses > 1 else ""))
+        return f"{name}: {'; '.join(what)}"
+
+
+def _peak(label: Label) -> str:
+    return f" x{label.peak_multiplier:.3g}" if label.peak_multiplier > 0 else ""
 
 
 def choose_panels(
@@ -47,16 +70,22 @@ def choose_panels(
     incidents: list[IncidentSpan],
     evaluation: LabelEvaluation | None,
     max_panels: int = MAX_PANELS,
-) -> list[Panel]:
-    """Stretches worth a look, most telling first: missed outages, false alarms, floods, hits.
+) -> tuple[list[Panel], int]:
+    """The stretches to draw, in time order, and how many false incidents did not fit.
 
-    Regional labels and incidents are drawn on their region's series.
+    One panel for every kind of labelled event (`shape`, floods included),
+    a missed one of the kind if there is one, then every panel holding a
+    false incident, as far as `max_panels` allows. Regional labels and
+    incidents are drawn on their region's series.
     """
     missed: set[int] = set()
     false: set[str] = set()
+    pages: dict[int, float] = {}
     if evaluation is not None:
         missed = {id(o.label) for o in evaluation.outages if o.incident is None}
         false = {i.alert_id for i in evaluation.false_incidents}
+        pages = {id(o.label): o.page_minutes for o in evaluation.outages
+                 if o.page_minutes is not None}
     events: list[tuple[int, int, str, str | None, Label | None, IncidentSpan | None]] = []
     for lb in labels:
         events.append((lb.start_ms, lb.end_ms, lb.service, lb.region, lb, None))
@@ -72,29 +101,37 @@ def choose_panels(
         last = panels[-1] if panels else None
         if (last is None or last.service != service or last.region != region
                 or start > last.end_ms + JOIN_MS):
-            last = Panel(service, region, start, end)
+            last = Panel(service, region, start, end, missed=missed, false=false, pages=pages)
             panels.append(last)
         last.end_ms = max(last.end_ms, end)
         if label is not None:
             last.labels.append(label)
-            if id(label) in missed:
-                last.priority = min(last.priority, 0)
-            elif not label.is_outage:
-                last.priority = min(last.priority, 2)
         if incident is not None:
             last.incidents.append(incident)
-            if incident.alert_id in false:
-                last.priority = min(last.priority, 1)
-    # Round robin over the kinds, so a capped plot still shows one of each.
-    by_kind: dict[int, list[Panel]] = {}
-    for panel in sorted(panels, key=lambda p: p.start_ms):
-        by_kind.setdefault(panel.priority, []).append(panel)
+    panels.sort(key=lambda p: p.start_ms)
+
     chosen: list[Panel] = []
-    while len(chosen) < max_panels and any(by_kind.values()):
-        for kind in sorted(by_kind):
-            if by_kind[kind] and len(chosen) < max_panels:
-                chosen.append(by_kind[kind].pop(0))
-    return sorted(chosen, key=lambda p: p.start_ms)
+    kinds = sorted({lb.shape for lb in labels})
+    for kind in kinds:
+        holding = [p for p in panels if any(lb.shape == kind for lb in p.labels)]
+        missing = [p for p in holding
+                   if any(lb.shape == kind and id(lb) in missed for lb in p.labels)]
+        pick = next((p for p in missing + holding if p not in chosen), None)
+        if pick is not None and len(chosen) < max_panels:
+            chosen.append(pick)
+    with_false = [p for p in panels if any(i.alert_id in false for i in p.incidents)]
+    left_out = 0
+    for panel in with_false:
+        if panel in chosen:
+            continue
+        if len(chosen) < max_panels:
+            chosen.append(panel)
+        else:
+            left_out += sum(1 for i in panel.incidents if i.alert_id in false)
+    if evaluation is None:  # nothing is known to be false: show incidents as they come
+        chosen += [p for p in panels if p.incidents and p not in chosen][
+            : max(max_panels - len(chosen), 0)]
+    return sorted(chosen, key=lambda p: p.start_ms), left_out
 
 
 def plot_backtest(
@@ -117,15 +154,24 @@ def plot_backtest(
     import matplotlib.dates as mdates
     import matplotlib.pyplot as plt
 
-    panels = choose_panels(labels, incidents, evaluation)
+    panels, left_out = choose_panels(labels, incidents, evaluation)
     rows = max(len(panels), 1)
-    fig, axes = plt.subplots(rows, 1, figsize=(11, 2.8 * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, 1, figsize=(12, 2.4 * rows + 1.2), squeeze=False)
     if not panels:
         axes[0][0].text(0.5, 0.5, "no labelled events and no incidents", ha="center")
         axes[0][0].set_axis_off()
+    handles: dict[str, object] = {}
     for ax, panel in zip((a[0] for a in axes), panels, strict=False):
         _draw(ax, panel, history, bucket_ms, band_spreads, mdates)
-    fig.tight_layout()
+        for handle, name in zip(*ax.get_legend_handles_labels(), strict=True):
+            handles.setdefault(name, handle)
+    height = fig.get_figheight()
+    fig.suptitle(_headline(evaluation, len(panels), left_out, bucket_ms), fontsize=10,
+                 x=0.01, y=1 - 0.1 / height, ha="left", va="top")
+    # One legend for every panel, above them, where it covers no data.
+    fig.legend(list(handles.values()), list(handles), loc="upper left", ncols=4, fontsize=8,
+               bbox_to_anchor=(0.01, 1 - 0.5 / height), frameon=False)
+    fig.tight_layout(rect=(0, 0, 1, 1 - 1.0 / height))
     try:
         fig.savefig(path, dpi=90)
     except OSError as exc:
@@ -133,6 +179,21 @@ def plot_backtest(
     finally:
         plt.close(fig)
     return len(panels)
+
+
+def _headline(evaluation: LabelEvaluation | None, drawn: int, left_out: int,
+              bucket_ms: int) -> str:
+    """The run's figures, for the title."""
+    if evaluation is None:
+        return f"backtest, {bucket_ms // 1000} s buckets: {drawn} stretches with incidents"
+    pages = evaluation.page_delays
+    median = f"{pages[len(pages) // 2]:.0f} min" if pages else "none"
+    extra = f" ({left_out} more false incidents not drawn)" if left_out else ""
+    return (f"backtest of {evaluation.services} services over {evaluation.days:.0f} days, "
+            f"{bucket_ms // 1000} s buckets: {evaluation.detected}/{len(evaluation.outages)} "
+            f"outages caught, page delay median {median}, "
+            f"{len(evaluation.false_incidents)} false incidents{extra}\n"
+            "one panel per kind of labelled event (a missed one if any) and per false incident")
 
 
 def _dt(ms: int) -> datetime:
@@ -160,23 +221,34 @@ def _draw(ax, panel: Panel, history: SeriesHistory, bucket_ms: int, band_spreads
                     label=f"normal band (expected ± {band_spreads:g} spread)")
     ax.step(band_t, expected, where="post", color="tab:blue", lw=0.8, label="expected")
     ax.step(times, reports, where="post", color="black", lw=0.9, label="reports per bucket")
-    for n, lb in enumerate(panel.labels):
-        color = "tab:red" if lb.is_outage else "tab:gray"
-        ax.axvspan(_dt(lb.start_ms), _dt(lb.end_ms), color=color, alpha=0.15,
-                   label=("labelled outage" if lb.is_outage else "labelled flood")
-                   if n == 0 or lb.is_outage != panel.labels[n - 1].is_outage else None)
+    for lb in panel.labels:
+        if not lb.is_outage:
+            color, name = "tab:gray", "labelled flood (not an outage)"
+        elif id(lb) in panel.missed:
+            color, name = "tab:red", "labelled outage, missed"
+        else:
+            color, name = "tab:green", "labelled outage, caught"
+        ax.axvspan(_dt(lb.start_ms), _dt(lb.end_ms), color=color, alpha=0.15, label=name)
     top = max(reports + high + [1])
-    seen: set[str] = set()
     for n, inc in enumerate(panel.incidents):
-        color = "tab:purple" if inc.severity == "critical" else "tab:orange"
-        where = f" in {inc.region}" if inc.region else ""
-        label = f"incident{where} ({inc.severity})"
-        ax.hlines(top * (1.04 + 0.04 * n), _dt(inc.start_ms), _dt(inc.end_ms), color=color,
-                  lw=5, label=label if label not in seen else None)
-        seen.add(label)
+        false = inc.alert_id in panel.false
+        if false:
+            color, name = "tab:red", "false incident"
+        else:
+            color = "tab:purple" if inc.severity == "critical" else "tab:orange"
+            name = f"incident ({inc.severity})"
+        y = top * (1.06 + 0.06 * n)
+        ax.hlines(y, _dt(inc.start_ms), _dt(inc.end_ms), color=color, lw=5, label=name)
+        if inc.paged_ms is not None:
+            ax.plot([_dt(inc.paged_ms)], [y], marker="v", ms=8, color="black", ls="none",
+                    label="paged (first firing message sent)")
+        if false:
+            ax.annotate("false", (_dt(inc.start_ms), y), xytext=(0, 5),
+                        textcoords="offset points", fontsize=8, color="tab:red")
     ax.set_xlim(_dt(lo), _dt(hi))
-    ax.set_ylim(0, top * (1.12 + 0.04 * len(panel.incidents)))
-    ax.set_title(panel.title, fontsize=10, loc="left")
-    ax.set_ylabel("reports")
+    ax.set_ylim(0, top * (1.2 + 0.06 * len(panel.incidents)))
+    ax.set_title(panel.title, fontsize=9, loc="left")
+    ax.set_ylabel(f"reports / {bucket_ms // 1000} s")
+    ax.set_xlabel("UTC", fontsize=8, loc="right", labelpad=0)
     ax.xaxis.set_major_formatter(mdates.DateFormatter("%m-%d %H:%M", tz=UTC))
-    ax.legend(fontsize=7, loc="upper left", ncols=2)
+    ax.tick_params(labelsize=8)
