@@ -6,7 +6,6 @@ import math
 
 import numpy as np
 import orjson
-import pytest
 
 from stream_detector.core.detector import DetectorConfig, PartitionDetector
 from stream_detector.core.evidence import EvidenceTest, page_evidence
@@ -48,10 +47,6 @@ def minute_of(iso: str) -> int:
     return int(datetime.fromisoformat(iso).timestamp() * 1000 - T0) // MINUTE
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "issue 13, undone: on its third day the seasonal model still expects 0.35/min "
-    "for this 0.2/min series (slots start from the borrowed level and learn slowly), "
-    "so the 5x excess looks like 2.9x and the evidence stays just under the bound"))
 def test_sparse_long_excess_pages():
     """5x for 80 minutes on a 0.2/min series: empty minutes and all, it pages."""
     start = 3 * DAY + 14 * 60

@@ -37,10 +37,18 @@ DIRECTIONAL_MODELS: dict[str, Callable[[float, str], SeriesModel]] = {
     "metric": lambda bucket_seconds, direction: MetricModel(bucket_seconds, direction),
 }
 
+# The detector's slots that start from the level learn as plain averages with
+# the level worth 3 reports (see `_seasonal_kernel`): unbiased night and
+# regional slots for the evidence test. The single-series model (NAB scoring)
+# keeps EW slots: its calibrated score was built and measured on them.
+DETECTOR_SLOT_PRIOR_REPORTS = 3.0
+
 # Models with an array implementation for many series at once; the detector
 # steps any other model series by series through `PerSeriesBank`.
 BANKS: dict[str, Callable[[float], ModelBank]] = {
-    "seasonal-poisson": lambda bucket_seconds: SeasonalPoissonBank(bucket_seconds),
+    "seasonal-poisson": lambda bucket_seconds: SeasonalPoissonBank(
+        bucket_seconds, slot_prior_reports=DETECTOR_SLOT_PRIOR_REPORTS
+    ),
 }
 
 # The model a fresh configuration uses.

@@ -49,6 +49,17 @@ cdef double PRIOR_PHI = 0.05
 # Lower bound of the spread of the short raw average in the calibration; a
 # series that was perfectly quiet so far still needs a deviate of a few tenths.
 cdef double MIN_CALIBRATION_SD = 0.1
+# A profile slot starts from what it borrows: the same hour of the other day
+# type, or else the series' recent level. The other day type's slot is a
+# good prior and the slot stays an EW mean of half-life `profile_halflife`.
+# The level is the mean of other hours (the evening's, lent to a night slot,
+# can be 10-30x off): with the setting `slot_prior_reports` (R > 0) such a
+# slot is the gamma-Poisson posterior mean of its own buckets under a prior
+# of the level's mean worth R reports, i.e. a plain average that starts with
+# R / level pseudo-buckets, until it has seen `1 / a_profile` buckets, and an
+# EW mean after. It learns its own level within its first hour, while a slot
+# starting on an hour of zeros of a sparse series still expects about what
+# the level said. R = 0 makes every slot an EW mean from its first bucket.
 cdef double SQRT1_2 = 0.70710678118654752440
 
 # Hours per slot among the first r hours of an epoch week (r = 0..168): hour
@@ -186,6 +197,17 @@ cdef void buckets_before(double t, double per_hour, double step, double* out) no
     out[slot_of_hour(hours)] += (t - hours * HOUR) / step
 
 
+cdef double slot_buckets_before(double t, int slot, double per_hour, double step) noexcept nogil:
+    """Buckets of one slot before time t (one entry of `buckets_before`)."""
+    cdef long long hours = <long long>floor(t / HOUR)
+    cdef long long weeks = floor_div(hours, WEEK_HOURS)
+    cdef long long r = hours - weeks * WEEK_HOURS
+    cdef double n = (weeks * HOURS_BEFORE[WEEK_HOURS][slot] + HOURS_BEFORE[r][slot]) * per_hour
+    if slot_of_hour(hours) == slot:
+        n += (t - hours * HOUR) / step
+    return n
+
+
 cdef void gap_slot_counts(double t_start, double t_end, long long n, double step,
                           bint closed_form, double* counts) noexcept nogil:
     """Set counts[s] to how many of the `n` buckets of [t_start, t_end) fall in slot s.
@@ -243,6 +265,7 @@ cdef class SeasonalKernel:
     cdef double a_profile, a_level, a_disp, a_short, a_calib
     # log(1 - a) of each fading factor a, for `powers`
     cdef double log_keep_profile, log_keep_level, log_keep_disp, log_keep_short, log_keep_calib
+    cdef double prior_reports
     cdef double learn_clip, dispersion_clip, calibration_clip, score_offset, down_min_expected
     cdef bint up, down, hour_aligned
 
@@ -286,6 +309,7 @@ cdef class SeasonalKernel:
         self.log_keep_short = log(1.0 - self.a_short)
         self.log_keep_calib = log(1.0 - self.a_calib)
         self.learn_clip = settings.learn_clip
+        self.prior_reports = settings.slot_prior_reports
         self.dispersion_clip = settings.dispersion_clip
         self.calibration_clip = settings.calibration_clip
         self.score_offset = settings.score_offset
@@ -349,6 +373,46 @@ cdef class SeasonalKernel:
         if p == p:
             return p
         return row[self.level]
+
+    cdef inline double _slot_seen(self, double* row, int slot, double t) noexcept nogil:
+        """Buckets of `slot` between the row's first bucket and t (whatever their weight;
+        approximate for widths that do not divide an hour)."""
+        cdef double per_hour = HOUR / self.step
+        cdef double n = (slot_buckets_before(t, slot, per_hour, self.step)
+                         - slot_buckets_before(row[self.first_t], slot, per_hour, self.step))
+        return n if n > 0.0 else 0.0
+
+    cdef inline double _prior_buckets(self, double* row, int slot, double p) noexcept nogil:
+        """The buckets a slot's current value `p` is worth as a prior (see `slot_prior_reports`).
+
+        Only a slot whose other day type is unseen too borrowed the level;
+        one that borrowed the same hour of the other day type keeps the EW
+        mean it always had. Counts only: a metric's slots are EW means.
+        """
+        cdef double other = row[(slot + 24) % SLOTS]
+        if self.prior_reports <= 0.0 or row[self.unit] <= 0.0 or not p > 0.0 or other == other:
+            return 1.0 / self.a_profile
+        return self.prior_reports * row[self.unit] / p
+
+    cdef inline double _profile_rate(self, double* row, int slot, double t,
+                                     double p) noexcept nogil:
+        """The weight of a bucket in its slot: a plain average's, until it falls to a_profile."""
+        cdef double a = 1.0 / (self._slot_seen(row, slot, t) + 1.0 + self._prior_buckets(row, slot, p))
+        return a if a > self.a_profile else self.a_profile
+
+    cdef inline double _profile_keep(self, double* row, int slot, double t, double p,
+                                     double c) noexcept nogil:
+        """What a slot of value p keeps of itself over c empty buckets from t on."""
+        cdef double big = 1.0 / self.a_profile
+        cdef double start = self._slot_seen(row, slot, t) + self._prior_buckets(row, slot, p)
+        cdef double plain
+        if start + 1.0 >= big:
+            return powers(self.log_keep_profile, c)
+        # Plain-average steps keep start / (start + 1), ... while 1 / (start + j) > a.
+        plain = floor(big - start)
+        if plain >= c:
+            return start / (start + c)
+        return start / (start + plain) * powers(self.log_keep_profile, c - plain)
 
     cdef inline double _phi(self, double* row, int k) noexcept nogil:
         """Overdispersion of scale k."""
@@ -452,7 +516,7 @@ cdef class SeasonalKernel:
         if v > mu + self.learn_clip * spread:
             v = mu + self.learn_clip * spread
         p = self._profile_at(row, slot)
-        row[slot] = p + self.a_profile * w * (v - p)
+        row[slot] = p + self._profile_rate(row, slot, t, p) * w * (v - p)
         row[self.level] += self.a_level * w * (v - row[self.level])
 
     cdef void _learn_calibration(self, double* row, double w) noexcept nogil:
@@ -537,7 +601,7 @@ cdef class SeasonalKernel:
             # Most gaps of an active series lie within one clock hour, so in one slot.
             s = slot_of_hour(<long long>hour)
             p = self._profile_at(row, s)
-            row[s] = p * powers(self.log_keep_profile, n)
+            row[s] = p * self._profile_keep(row, s, t_start, p, n)
             return p
         gap_slot_counts(t_start, t_end, <long long>n, self.step, self.hour_aligned, counts)
         for s in range(SLOTS):
@@ -545,5 +609,6 @@ cdef class SeasonalKernel:
             total += counts[s] * filled[s]
         for s in range(SLOTS):
             if counts[s] > 0.0:
-                row[s] = filled[s] * powers(self.log_keep_profile, counts[s])
+                # Approximate when the gap covers a slot's buckets on several days.
+                row[s] = filled[s] * self._profile_keep(row, s, t_start, filled[s], counts[s])
         return total / n

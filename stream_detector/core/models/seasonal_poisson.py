@@ -93,6 +93,7 @@ class SeasonalPoissonSettings:
         "bucket_seconds", "direction", "up", "down", "warmup_seconds", "scales", "decays",
         "units", "a_profile", "a_level", "a_disp", "a_short", "a_calib", "learn_clip",
         "dispersion_clip", "calibration_clip", "score_offset", "down_min_expected",
+        "slot_prior_reports",
     )
 
     def __init__(
@@ -110,6 +111,7 @@ class SeasonalPoissonSettings:
         calibration_clip: float,
         score_offset: float,
         down_min_expected: float,
+        slot_prior_reports: float,
     ):
         if direction not in DIRECTIONS:
             raise ValueError(f"direction must be one of {', '.join(DIRECTIONS)}, not {direction!r}")
@@ -140,6 +142,7 @@ class SeasonalPoissonSettings:
         self.calibration_clip = calibration_clip
         self.score_offset = score_offset
         self.down_min_expected = down_min_expected
+        self.slot_prior_reports = float(slot_prior_reports)
 
 
 # Settings by configuration key. A model holds its key, a short string, rather
@@ -186,6 +189,7 @@ DEFAULTS: dict = {
     "calibration_clip": 8.0,
     "score_offset": 1.6,
     "down_min_expected": 0.0,
+    "slot_prior_reports": 0.0,
 }
 
 
@@ -210,6 +214,12 @@ class SeasonalPoissonBank:
       where alerts paid off on the NAB development set; 0.9999 is a deviate of 5.3.
     - `down_min_expected` (0): drops are scored only where at least this
       many reports were expected over the scale.
+    - `slot_prior_reports` (0): a slot seen for the first time on either day
+      type starts from the series' level, worth this many reports, and is a
+      plain average of its buckets until it has seen `1 / a_profile` of them;
+      0 makes it an EW mean from its first bucket. The detector's bank uses 3
+      (a night slot that borrowed the evening's level learns its own within
+      the hour); the single-series score keeps 0, on which it was calibrated.
 
     Each series is one row of a float64 matrix (`row_floats` numbers, about
     600 bytes with the default scales, laid out as `SeasonalKernel` says),
