@@ -328,6 +328,14 @@ class DetectorService:
         else:
             self.detectors.pop(tp.partition, None)
         self._seek(tp, begin)
+        # A reset often means a new cluster, where the producer's cached
+        # metadata names topics that do not exist yet; a broker may even
+        # acknowledge writes to them (tansu does) that no reader ever sees.
+        # Fresh metadata creates them (or fails the sends, which are retried),
+        # and the next restore makes sure of the changelog's settings again.
+        assert self.producer is not None
+        await self.producer.client.force_metadata_update()
+        self.store_ready = False
 
     async def restore(self, assigned: list[TopicPartition]) -> None:
         """Load assigned partitions' snapshots and resume each where it stopped counting."""
