@@ -188,12 +188,16 @@ def _headline(evaluation: LabelEvaluation | None, drawn: int, left_out: int,
         return f"backtest, {bucket_ms // 1000} s buckets: {drawn} stretches with incidents"
     pages = evaluation.page_delays
     median = f"{pages[len(pages) // 2]:.0f} min" if pages else "none"
-    extra = f" ({left_out} more false incidents not drawn)" if left_out else ""
+    extra = f" ({_count(left_out, 'more false incident')} not drawn)" if left_out else ""
     return (f"backtest of {evaluation.services} services over {evaluation.days:.0f} days, "
             f"{bucket_ms // 1000} s buckets: {evaluation.detected}/{len(evaluation.outages)} "
             f"outages caught, page delay median {median}, "
-            f"{len(evaluation.false_incidents)} false incidents{extra}\n"
+            f"{_count(len(evaluation.false_incidents), 'false incident')}{extra}\n"
             "one panel per kind of labelled event (a missed one if any) and per false incident")
+
+
+def _count(n: int, what: str) -> str:
+    return f"{n} {what}{'' if n == 1 else 's'}"
 
 
 def _dt(ms: int) -> datetime:
