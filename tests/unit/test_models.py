@@ -173,6 +173,36 @@ def test_profile_updates_are_rivers_ew_mean():
     assert model.profile[0] == pytest.approx(reference.get(), rel=1e-12)
 
 
+def night_after_evening(model: SeasonalPoissonModel, zeros_as_gaps: bool) -> float:
+    """Four evening hours at 10 a minute, then a night hour at 0.3 a minute (slot 0 of
+    Tuesday, never seen on either day type); returns what slot 0 then expects."""
+    rng = np.random.default_rng(11)
+    start = T0 + 20 * 3600  # Monday 20:00 UTC
+    counts = [*rng.poisson(10.0, 240), *rng.poisson(0.3, 60)]
+    last = None  # the last bucket learned
+    for i, x in enumerate(counts):
+        t = start + MINUTE * i
+        if x or not zeros_as_gaps:
+            if last is not None and t - last > MINUTE:  # the empty buckets, in one step
+                model.learn_zeros(last + MINUTE, t)
+            model.learn_one(t, float(x))
+            last = t
+    if zeros_as_gaps and last < start + MINUTE * (len(counts) - 1):
+        model.learn_zeros(last + MINUTE, start + MINUTE * len(counts))
+    return float(model.profile[0])
+
+
+@pytest.mark.parametrize("zeros_as_gaps", [False, True])
+def test_a_slot_that_borrowed_the_level_learns_its_own_within_the_hour(zeros_as_gaps):
+    """The detector's slots (`slot_prior_reports` 3): the night slot borrowed the
+    evening's level, 30x its rate, and is about a plain average after its hour."""
+    learned = night_after_evening(SeasonalPoissonModel(60, slot_prior_reports=3.0),
+                                  zeros_as_gaps)
+    assert 0.15 < learned < 0.6, learned
+    # An EW mean from the borrowed level (the default, 0) is still several times off.
+    assert night_after_evening(SeasonalPoissonModel(60), zeros_as_gaps) > 3.0
+
+
 def test_fractional_values_are_scored_as_a_metric():
     rng = random.Random(6)
     model = SeasonalPoissonModel(60)
