@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
+import socketserver
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -206,6 +209,14 @@ def _status(port: int, path: str) -> int:
         return 0
 
 
+def _wait_ready(proc: subprocess.Popen, port: int, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while _status(port, "/readyz") != 200:
+        assert proc.poll() is None, proc.communicate()[1]
+        assert time.monotonic() < deadline, "detector never became ready"
+        time.sleep(0.1)
+
+
 def test_sigterm_stops_cleanly_within_seconds(broker, unique):
     port = free_port()
     proc = stream_detector(
@@ -214,11 +225,7 @@ def test_sigterm_stops_cleanly_within_seconds(broker, unique):
         env={"STREAM_DETECTOR_METRICS_HOST": "127.0.0.1"},
     )
     try:
-        deadline = time.monotonic() + 60
-        while _status(port, "/readyz") != 200:
-            assert proc.poll() is None, proc.communicate()[1]
-            assert time.monotonic() < deadline, "detector never became ready"
-            time.sleep(0.1)
+        _wait_ready(proc, port)
         proc.send_signal(signal.SIGTERM)
         started = time.monotonic()
         _, err = proc.communicate(timeout=15)
@@ -228,3 +235,81 @@ def test_sigterm_stops_cleanly_within_seconds(broker, unique):
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+class _LateProxy:
+    """Forwards a port to the broker, listening only from `start()` on: a broker
+    that comes up after the detector (compose, a pod restart)."""
+
+    def __init__(self, target: str) -> None:
+        host, port = target.rsplit(":", 1)
+        self.target = (host, int(port))
+        self.port = free_port()
+        self.server: socketserver.ThreadingTCPServer | None = None
+
+    def start(self) -> None:
+        target = self.target
+
+        class Pipe(socketserver.BaseRequestHandler):
+            def handle(self) -> None:
+                upstream = socket.create_connection(target)
+                threading.Thread(target=_copy, args=(upstream, self.request), daemon=True).start()
+                _copy(self.request, upstream)
+
+        socketserver.ThreadingTCPServer.daemon_threads = True
+        self.server = socketserver.ThreadingTCPServer(("127.0.0.1", self.port), Pipe)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def stop(self) -> None:
+        if self.server is not None:
+            self.server.shutdown()
+            self.server.server_close()
+
+
+def _copy(source: socket.socket, sink: socket.socket) -> None:
+    try:
+        while data := source.recv(65536):
+            sink.sendall(data)
+    except OSError:
+        pass
+    finally:
+        sink.close()
+
+
+def test_run_waits_for_a_broker_that_comes_up_after_it(broker, unique):
+    proxy = _LateProxy(broker.bootstrap_servers)
+    port = free_port()
+    proc = stream_detector(
+        "run", "--bootstrap-servers", f"127.0.0.1:{proxy.port}", "--metrics-port", str(port),
+        "--group-id", f"{unique}-g", "--reports-topic", f"{unique}-reports",
+        "--startup-timeout", "60s", "--log-format", "json",
+        env={"STREAM_DETECTOR_METRICS_HOST": "127.0.0.1"},
+    )
+    try:
+        time.sleep(3)  # the detector's first tries find nothing listening
+        assert proc.poll() is None
+        proxy.start()
+        _wait_ready(proc, port)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=15)
+        assert proc.returncode == 0, err
+        tries = [e for e in map(orjson.loads, err.splitlines())
+                 if e["msg"].startswith("Kafka broker not reachable at start-up")]
+        assert tries and tries[0]["try"] == 1, err
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proxy.stop()
+
+
+def test_version_and_help_from_the_installed_command():
+    proc = stream_detector("--version")
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0 and out.strip().startswith("stream-detector 0."), err
+    proc = stream_detector("demo", "--help")
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0
+    assert "embedded Kafka-compatible broker" in out and "\n  stream-detector demo" in out
+    proc = stream_detector("simulate", "--help")
+    out, _ = proc.communicate(timeout=60)
+    assert "how many services (default: 30)" in " ".join(out.split())
