@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import shutil
 import sys
 import time
 from collections.abc import Iterable, Iterator
@@ -133,9 +134,14 @@ class DemoProgress:
         return (f"progress: simulated {clock}  {self.sent:,} reports ({rate:,.0f}/s)  "
                 f"{models}  {firing} incident{'s' if firing != 1 else ''} open")
 
+    def _fitted(self) -> str:
+        """The line cut to the terminal's width: a wrapped line could not be redrawn
+        in place, `\r` returning only to the start of its last row."""
+        return self.line()[: shutil.get_terminal_size().columns - 1]
+
     def show(self) -> None:
         if self.tty:
-            self.out.write("\r\033[K" + self.line())
+            self.out.write("\r\033[K" + self._fitted())
             self.shown = True
         else:
             self.out.write(self.line() + "\n")
@@ -147,7 +153,7 @@ class DemoProgress:
             self.out.write("\r\033[K")
         self.out.write(text + "\n")
         if self.shown:
-            self.out.write(self.line())
+            self.out.write(self._fitted())
         self.out.flush()
 
     def end(self) -> None:

@@ -35,7 +35,8 @@ class Terminal(io.StringIO):
         return True
 
 
-def test_progress_on_a_terminal_is_one_line_redrawn_under_the_alerts():
+def test_progress_on_a_terminal_is_one_line_redrawn_under_the_alerts(monkeypatch):
+    monkeypatch.setenv("COLUMNS", "200")
     out = Terminal()
     incidents = {"a": [BR]}
     progress = DemoProgress(out, incidents, warmup_ms=2 * 86_400_000)
@@ -88,3 +89,13 @@ def _ms(iso: str) -> int:
     from datetime import datetime
 
     return int(datetime.fromisoformat(iso).timestamp() * 1000)
+
+
+def test_on_a_narrow_terminal_the_progress_line_is_cut_not_wrapped(monkeypatch):
+    monkeypatch.setenv("COLUMNS", "40")
+    out = Terminal()
+    progress = DemoProgress(out, {}, warmup_ms=0)
+    list(progress.count([{"ts": T0, "service": "x"}]))
+    progress.show()
+    shown = out.getvalue().removeprefix("\r\033[K")
+    assert len(shown) == 39 and shown.startswith("progress: simulated 2026-01-08")
