@@ -11,7 +11,7 @@ $(BIN)/python:
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
 # The install compiles the Cython modules, so editing one reinstalls.
-$(STAMP): pyproject.toml $(wildcard stream_detector/*/*.pyx stream_detector/*/*.pxd stream_detector/*/*/*.pyx) | $(BIN)/python
+$(STAMP): pyproject.toml setup.py $(wildcard stream_detector/*/*.pyx stream_detector/*/*.pxd stream_detector/*/*/*.pyx) | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 	touch $(STAMP)
 
