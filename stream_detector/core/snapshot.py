@@ -13,6 +13,7 @@ baselines.
 
 from __future__ import annotations
 
+import ast
 import base64
 import zlib
 
@@ -22,14 +23,36 @@ from stream_detector.core.detector import DetectorConfig, PartitionDetector
 from stream_detector.core.incidents import Incident
 from stream_detector.core.reporters import HOUR_MS
 
-FORMAT_VERSION = 5
+FORMAT_VERSION = 6
 # Format 3 kept the reporter filter as (service, reporter) pairs of strings;
 # they are turned into the keys format 4 keeps, so its state carries over.
 # Formats 3 and 4 had no evidence test nor quarter-hour shapes: restored,
 # every series starts its evidence from zero (as warmed up, since its model
 # is) and every service's shape from flat.
-READABLE_VERSIONS = (3, 4, FORMAT_VERSION)
+# Formats 3 to 5 had the detector's seasonal model without `slot_prior_reports`
+# (every slot an EW mean from its first bucket); the rows are laid out alike,
+# so they are restored under the running settings and their slots not yet
+# seen on either day type learn as the running model's do.
+READABLE_VERSIONS = (3, 4, 5, FORMAT_VERSION)
 MAGIC = b"SDS1"
+
+
+def _before_slot_priors(models: object, bank: object) -> None:
+    """A format 3-5 seasonal bank's state, under the running bank's settings when
+    they differ from the stored ones only by `slot_prior_reports` (see above)."""
+    stored = models.get("config") if isinstance(models, dict) else None
+    running = getattr(bank, "config_key", None)
+    if not isinstance(stored, str) or not isinstance(running, str) or stored == running:
+        return
+    try:
+        width, direction, options = ast.literal_eval(stored)
+        now_width, now_direction, now_options = ast.literal_eval(running)
+    except (ValueError, SyntaxError):
+        return
+    added = dict(now_options)
+    added.pop("slot_prior_reports", None)
+    if (width, direction) == (now_width, now_direction) and dict(options) == added:
+        models["config"] = running
 
 
 class SnapshotError(ValueError):
@@ -99,6 +122,8 @@ def decode(data: bytes, config: DetectorConfig, wall_ms: int) -> PartitionDetect
             [[hour, base64.b64decode(packed)] for hour, packed in doc["reporters"]]
         )
     d.index.load(doc["series"])
+    if doc["version"] <= 5:
+        _before_slot_priors(doc["models"], d.bank)
     try:
         d.bank.load_state(doc["models"])
     except (KeyError, ValueError) as exc:

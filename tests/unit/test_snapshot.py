@@ -6,6 +6,7 @@ import dataclasses
 import random
 import zlib
 
+import numpy as np
 import orjson
 import pytest
 
@@ -113,3 +114,29 @@ def test_the_reporter_filter_survives_a_restore_also_from_format_3():
 
     with pytest.raises(snapshot.SnapshotError, match="format version 2"):
         snapshot.decode(_rewrite(data, lambda doc: doc.update(version=2)), config, 0)
+
+
+def test_a_format_5_snapshot_restores_under_the_detectors_slot_priors():
+    """Format 5's seasonal rows had no `slot_prior_reports`; same layout, so they carry over."""
+    config = DetectorConfig()
+    d = PartitionDetector(config)
+    run(d, reports(random.Random(3), range(180)))
+    data = snapshot.encode(d, config.model)
+    running = d.bank.config_key
+    assert "slot_prior_reports" in running
+
+    def as_format_5(doc):
+        doc["version"] = 5
+        doc["models"]["config"] = "(60.0, 'up', ())"
+
+    restored = snapshot.decode(_rewrite(data, as_format_5), config, wall_ms=0)
+    assert restored.bank.config_key == running
+    assert np.array_equal(restored.bank.data[: len(d.bank)], d.bank.data[: len(d.bank)],
+                          equal_nan=True)
+
+    def other_settings(doc):
+        as_format_5(doc)
+        doc["models"]["config"] = "(60.0, 'up', (('score_offset', 2.0),))"
+
+    with pytest.raises(snapshot.SnapshotError, match="model state does not fit"):
+        snapshot.decode(_rewrite(data, other_settings), config, wall_ms=0)
