@@ -260,6 +260,10 @@ class Settings:
     critical_score: float = _setting(IncidentPolicy.critical_score, _number, **_SCORE)
     min_reports: int = _setting(IncidentPolicy.min_reports, _whole, low=0, high=1_000_000)
     calm_buckets: int = _setting(IncidentPolicy.calm_buckets, _whole, low=1, high=10_000)
+    # The sensitivity knob: false incidents per series per 30 days accepted
+    # when the model's expectation is right; the paging bound derives from it.
+    false_alarm_rate: float = _setting(IncidentPolicy.false_alarm_rate, _number, low=0.0,
+                                       high=1000.0, above_low=True)
     metrics_host: str = _setting("0.0.0.0", _text)
     # 0 picks a free port (the tests do).
     metrics_port: int = _setting(DEFAULT_METRICS_PORT, _whole, low=0, high=65535)
@@ -300,6 +304,7 @@ class Settings:
             critical_score=self.critical_score,
             min_reports=self.min_reports,
             calm_buckets=self.calm_buckets,
+            false_alarm_rate=self.false_alarm_rate,
         )
         return DetectorConfig(
             bucket_ms=int(self.bucket * 1000),
