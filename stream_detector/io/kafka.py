@@ -212,7 +212,10 @@ class DetectorService:
                     # aiokafka looked for a committed offset before `restore`
                     # sought the partition, and kept the answer: seek again.
                     (tp,) = exc.args
-                    self.consumer.seek(tp, self.sought.get(tp, 0))
+                    if tp in self.sought:
+                        self._seek(tp, self.sought[tp])
+                    else:  # not sought yet: where a partition never consumed starts
+                        self._seek(tp, (await consumer.beginning_offsets([tp]))[tp])
                     continue
                 await self.process_batch(batch)
                 await self.close_buckets()
