@@ -22,9 +22,10 @@ from aiokafka import AIOKafkaConsumer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from stream_detector.app import serve
-from stream_detector.config import DEFAULT_METRICS_PORT, load_settings
+from stream_detector.config import DEFAULT_BOARD_PORT, DEFAULT_METRICS_PORT, load_settings
 from stream_detector.core.models.seasonal_poisson import DEFAULTS as SEASONAL_DEFAULTS
 from stream_detector.embedded import EmbeddedBroker, free_port
+from stream_detector.io.board import serve_board
 from stream_detector.logs import is_terminal
 from stream_detector.sim import publish_to_kafka, simulate
 
@@ -35,14 +36,14 @@ DEMO_SEED = 2026
 PARTITIONS = 3
 
 
-def _port() -> int:
-    """The usual metrics port if it is free, so the README's curl works; any port otherwise."""
+def _port(usual: int = DEFAULT_METRICS_PORT) -> int:
+    """The usual port if it is free, so the README's curl works; any port otherwise."""
     import socket
 
     with socket.socket() as sock:
         try:
-            sock.bind(("127.0.0.1", DEFAULT_METRICS_PORT))
-            return DEFAULT_METRICS_PORT
+            sock.bind(("127.0.0.1", usual))
+            return usual
         except OSError:
             return free_port()
 
@@ -197,6 +198,8 @@ async def _show_alerts(bootstrap: str, topic: str, incidents: dict[str, list[dic
 
 async def run_demo(out=sys.stdout) -> int:
     started = time.monotonic()
+    board_port = _port(DEFAULT_BOARD_PORT)
+    print(f"status board on http://127.0.0.1:{board_port}/ while the demo runs", file=out)
     print("starting the embedded Kafka-compatible broker (tansu) ...", file=out)
     with EmbeddedBroker() as broker:
         bootstrap = broker.bootstrap_servers
@@ -204,11 +207,13 @@ async def run_demo(out=sys.stdout) -> int:
         settings = load_settings({
             "bootstrap_servers": bootstrap, "metrics_port": port, "metrics_host": "127.0.0.1",
             "idle_timeout": "2s", "checkpoint_interval": "1s", "log_level": "WARNING",
+            "board_port": board_port, "board_host": "127.0.0.1",
         }, environ={})
         await _create_topics(bootstrap, [settings.reports_topic, settings.alerts_topic,
                                          settings.dlq_topic])
         stop = asyncio.Event()
         detector = asyncio.create_task(serve(settings, stop))
+        board = asyncio.create_task(serve_board(settings, stop))
         incidents: dict[str, list[dict]] = {}
         progress = DemoProgress(out, incidents, int(SEASONAL_DEFAULTS["warmup_seconds"] * 1000))
         shower = asyncio.create_task(_show_alerts(bootstrap, settings.alerts_topic,
@@ -238,6 +243,7 @@ async def run_demo(out=sys.stdout) -> int:
         await asyncio.sleep(1.0)
         stop.set()
         await detector
+        await board
         shower.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await shower
