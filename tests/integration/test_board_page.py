@@ -113,7 +113,7 @@ async def test_the_page_shows_incidents_and_events_live_and_names_as_text(
         await wait(until, driver, lambda d: len(cards(d, "open")) == 3, 10)
         shown = cards(driver, "open")
         assert "CRITICAL" in shown["aws/*/2026-01-08T15:32:00Z"]["text"].upper()
-        assert "472 reports (usually 42)" in shown["aws/*/2026-01-08T15:32:00Z"]["text"]
+        assert "reports this minute 472 (usually 42)" in shown["aws/*/2026-01-08T15:32:00Z"]["text"]
         assert "part of outage event" in shown["netflix/*/2026-01-08T15:32:00Z"]["text"]
         [event] = cards(driver, "outages").values()
         assert "suspected cause" in event["text"] and event["cause"] == "aws"
