@@ -8,10 +8,11 @@ share its interpreter), timed until `/readyz` (the rebuild of the view from
 the topic), and its answers timed from this process, one connection per
 request as a browser or curl makes them:
 
-- `/api/v1/incidents?status=open` (all 10,000), each request with a target
-  never asked before, so the server's per-view answer cache cannot serve it:
-  the cost of building and encoding the answer;
-- the same target again and again: what polling clients get while nothing changes;
+- `/api/v1/incidents?status=open` (all 10,000) as the first request after the
+  view changed (one more firing message produced, and the board seen to have
+  applied it), so the server's answer cache, emptied by the change, cannot
+  serve it: the cost of building and encoding the answer;
+- the same request again: what polling clients get while nothing changes;
 - `/api/v1/board`, the page's feed (the first 200 rows of each list);
 - `/healthz`, the baseline: a connection and an answer with nothing to compute.
 
@@ -34,6 +35,7 @@ import tempfile
 import time
 
 import orjson
+from aiokafka import AIOKafkaProducer
 from kafka_bench import fill_topic
 
 from stream_detector.core.events import iso_utc
@@ -62,6 +64,33 @@ def alerts(incidents: int, buckets: int, resolved: int):
             yield service, orjson.dumps({
                 **base, "status": "resolved", "severity": "critical", "ended_at": end,
                 "bucket_start": end, "reports": 5, "expected": 6.5})
+
+
+async def send(bootstrap: str, service: str, value: bytes) -> None:
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, enable_idempotence=False)
+    await producer.start()
+    try:
+        await producer.send_and_wait("alerts", value, key=service.encode())
+    finally:
+        await producer.stop()
+
+
+def change_view(bootstrap: str, port: int, k: int, buckets: int) -> None:
+    """One more firing message of an open incident; returns once the board has it."""
+    version = orjson.loads(get(port, "/api/v1/board")[2])["version"]
+    service = f"service-{k:05d}"
+    start = T0 + (k % 600) * MINUTE
+    asyncio.run(send(bootstrap, service, orjson.dumps({
+        "alert_id": f"{service}/*/{iso_utc(start)}", "status": "firing", "service": service,
+        "region": None, "severity": "critical", "started_at": iso_utc(start), "ended_at": None,
+        "bucket_start": iso_utc(start + (buckets + 1) * MINUTE), "bucket_seconds": 60,
+        "reports": 99, "expected": 6.5, "score": 1.0, "regions": [["US", 300]],
+        "problems": [["login", 250]]})))
+    deadline = time.monotonic() + 30
+    while orjson.loads(get(port, "/api/v1/board")[2])["version"] == version:
+        if time.monotonic() > deadline:
+            raise SystemExit("the board did not apply a new message within 30 s")
+        time.sleep(0.01)
 
 
 def get(port: int, path: str) -> tuple[float, int, bytes]:
@@ -136,14 +165,15 @@ def main() -> int:
             timings: dict[str, list[float]] = {"uncached": [], "cached": [], "board": [],
                                                "healthz": []}
             for i in range(args.rounds):
-                timings["uncached"].append(get(port, f"/api/v1/incidents?status=open&r={i}")[0])
+                change_view(bootstrap, port, i, args.buckets + i)
+                timings["uncached"].append(get(port, "/api/v1/incidents?status=open")[0])
                 timings["cached"].append(get(port, "/api/v1/incidents?status=open")[0])
                 timings["board"].append(get(port, "/api/v1/board")[0])
                 timings["healthz"].append(get(port, "/healthz")[0])
             labels = {
-                "uncached": "/api/v1/incidents?status=open, answer built",
-                "cached": "/api/v1/incidents?status=open, answer cached",
-                "board": "/api/v1/board (page feed)",
+                "uncached": "/api/v1/incidents?status=open, after a change",
+                "cached": "/api/v1/incidents?status=open, unchanged",
+                "board": "/api/v1/board (page feed), unchanged",
                 "healthz": "/healthz (baseline)",
             }
             print(f"{args.rounds} requests each, ms:")

@@ -161,9 +161,12 @@ def _page() -> tuple[bytes, bytes]:
 JSON = "application/json"
 Answer = tuple[int, str, bytes, bytes]
 _NO_STORE = b"Cache-Control: no-store\r\nX-Content-Type-Options: nosniff\r\n"
-# JSON answers kept per request target until the view changes; capped, as the
-# targets (a service name in the query) are the client's choice.
-CACHE_ENTRIES = 64
+# JSON answers are kept until the view changes, so clients polling an unchanged
+# view cost a lookup. Keyed by what the answer depends on (path, status,
+# service), not the raw target, so extra query parameters share an entry; and
+# capped in bytes, as the service asked about is the client's choice. 16 MiB
+# holds the full list of 10,000 open incidents (4 MB) a few times over.
+CACHE_BYTES = 16 * 1024 * 1024
 
 
 class BoardServer(HttpServer):
@@ -176,29 +179,37 @@ class BoardServer(HttpServer):
         self.feed = feed
         self.grafana_url = grafana_url.rstrip("/") if grafana_url else None
         self.page, self.page_policy = _page()
-        self._cache: dict[bytes, Answer] = {}
+        self._cache: dict[tuple, Answer] = {}
+        self._cache_bytes = 0
         self._cached_for: tuple[int, bool] | None = None
 
     def answer(self, target: bytes) -> Answer:
-        state = (self.view.version, self.feed.caught_up())
-        if state != self._cached_for:
-            self._cache.clear()
-            self._cached_for = state
-        cached = self._cache.get(target)
-        if cached is None:
-            cached = self._route(target)
-            if cached[1] == JSON:
-                if len(self._cache) >= CACHE_ENTRIES:
-                    self._cache.clear()
-                self._cache[target] = cached
-        return cached
-
-    def _route(self, target: bytes) -> Answer:
         try:
             parts = urlsplit(target.decode("utf-8"))
         except UnicodeDecodeError:
             return _error(400, "the request target is not UTF-8")
         path, query = parts.path, parse_qs(parts.query)
+        if not path.startswith("/api/"):
+            return self._route(path, query)
+        state = (self.view.version, self.feed.caught_up())
+        if state != self._cached_for:
+            self._cache.clear()
+            self._cache_bytes = 0
+            self._cached_for = state
+        key = (path, _one(query, "status"), _one(query, "service"))
+        cached = self._cache.get(key)
+        if cached is None:
+            cached = self._route(path, query)
+            size = len(cached[2])
+            if self._cache_bytes + size > CACHE_BYTES:
+                self._cache.clear()
+                self._cache_bytes = 0
+            if size <= CACHE_BYTES:
+                self._cache[key] = cached
+                self._cache_bytes += size
+        return cached
+
+    def _route(self, path: str, query: dict[str, list[str]]) -> Answer:
         if path in ("/", "/index.html"):
             return 200, "text/html; charset=utf-8", self.page, self.page_policy + _NO_STORE
         if path == "/healthz":

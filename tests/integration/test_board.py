@@ -170,6 +170,8 @@ async def test_the_board_follows_new_messages_and_skips_what_it_cannot_read(brok
                                      + quote(hostile, safe=""))
         _, feed = await get(port, "/api/v1/board")
         assert feed["skipped"] == 2
+        # Asked before the change, so the answer is cached; the change must replace it.
+        assert (await get(port, "/api/v1/incidents?status=open"))[1] == {"incidents": [firing]}
 
         resolved = {**firing, "status": "resolved", "ended_at": "2026-01-05T01:47:00Z",
                     "bucket_start": "2026-01-05T01:46:00Z", "reports": 3}
