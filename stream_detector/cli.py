@@ -103,11 +103,12 @@ DEMO_DESCRIPTION = """\
 Runs the whole product on this machine and ends by itself, in about two minutes:
 starts an embedded Kafka-compatible broker (tansu, from the [embedded] extra),
 the detector with its metrics on http://127.0.0.1:9108/metrics (or a free port),
-the status board on http://127.0.0.1:8080/ (or a free port), and the simulator publishing four days of twelve services at about 4,600 times
-real time, with injected outages (among them one modelled on a weekend outage
-of X). It shows progress, the alerts as they arrive on the alerts topic, and a
-summary of which outages paged, how late, and which alerts were false. It takes
-no options and touches no broker of yours."""
+the status board on http://127.0.0.1:8080/ (or a free port), and the simulator
+publishing four days of twelve services at about 4,600 times real time, with
+injected outages (among them one modelled on a weekend outage of X). It shows
+progress, the alerts as they arrive on the alerts topic, and a summary of which
+outages paged, how late, and which alerts were false. It takes no options and
+touches no broker of yours."""
 
 
 def build_parser() -> argparse.ArgumentParser:

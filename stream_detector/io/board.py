@@ -28,7 +28,7 @@ from aiokafka.errors import KafkaError
 
 from stream_detector.config import ConfigError, Settings
 from stream_detector.core.board_view import BadMessage, BoardView
-from stream_detector.io.clients import CONSUMER_FETCH, start_client, watch_broker
+from stream_detector.io.clients import CONSUMER_FETCH, start_client, stop_client, watch_broker
 from stream_detector.io.metrics import HttpServer
 
 log = logging.getLogger("stream_detector.board")
@@ -79,7 +79,11 @@ class BoardFeed:
 
     async def run(self, stop: asyncio.Event) -> None:
         consumer = self.build_consumer()
-        await start_client(consumer, self.settings)
+        try:
+            await start_client(consumer, self.settings)
+        except BaseException:
+            await stop_client(consumer)  # frees what the failed start opened
+            raise
         self.connected = True
         watching = asyncio.create_task(watch_broker(consumer, stop, self._set_connected))
         try:
@@ -94,7 +98,7 @@ class BoardFeed:
             watching.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await watching
-            await consumer.stop()
+            await stop_client(consumer)
 
     def _set_connected(self, connected: bool) -> None:
         self.connected = connected

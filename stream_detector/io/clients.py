@@ -288,3 +288,18 @@ async def watch_broker(
             on_change(now)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), BROKER_CHECK_EVERY_S)
+
+
+async def stop_client(client: AIOKafkaConsumer | AIOKafkaProducer) -> None:
+    """Stop `client`, with a warning instead of an error when it cannot close cleanly.
+
+    aiokafka lets its fetcher's cancellation escape `stop()` while the broker is
+    unreachable; nothing is left to do by then. A cancellation of the caller
+    itself still propagates.
+    """
+    try:
+        await client.stop()
+    except (asyncio.CancelledError, KafkaError) as exc:
+        if (task := asyncio.current_task()) is not None and task.cancelling():
+            raise
+        log.warning("a Kafka client did not close cleanly", extra={"error": repr(exc)})
