@@ -146,9 +146,10 @@ class _Incident:
                 del column[0]
         return True
 
-    def points(self) -> list[list]:
-        """[[bucket start ms, reports, expected], ...], oldest first."""
-        return [list(p) for p in zip(self.times, self.reports, self.expected, strict=True)]
+    def points(self) -> dict[str, list]:
+        """The kept buckets, oldest first, as columns: start (epoch ms), reports, expected."""
+        return {"bucket_start_ms": self.times.tolist(), "reports": self.reports.tolist(),
+                "expected": self.expected.tolist()}
 
 
 class _Outage:

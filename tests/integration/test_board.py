@@ -129,7 +129,9 @@ async def test_the_api_returns_a_detectors_alerts_and_an_outage_event_and_a_rest
         # Each firing and resolved message carries the bucket's reports and expected.
         buckets = sorted({(a["bucket_start"], a["reports"], a["expected"]) for a in alerts
                           if a["service"] == "x"})
-        assert [p[1:] for p in body["incidents"][0]["points"]] == [[r, e] for _, r, e in buckets]
+        points = body["incidents"][0]["points"]
+        assert list(zip(points["reports"], points["expected"], strict=True)) == [
+            (r, e) for _, r, e in buckets]
         _, feed = await get(port, "/api/v1/board")
         assert feed["open"][0]["event_id"] == event["event_id"] and feed["caught_up"]
         before = {path: await asyncio.to_thread(http_get, port, path) for path in API}

@@ -67,7 +67,8 @@ def cards(driver, section: str) -> dict[str, dict]:
         "return [...document.querySelectorAll(arguments[0] + ' .card')].map(c => ({"
         "id: c.dataset.alertId || c.dataset.eventId, status: c.dataset.status,"
         "text: c.innerText, names: [...c.querySelectorAll('.name')].map(n => n.textContent),"
-        "cause: (c.querySelector('.cause') || {}).textContent}))",
+        "cause: (c.querySelector('.cause') || {}).textContent,"
+        "lines: c.querySelectorAll('svg.spark polyline').length}))",
         f"#{section}")}
 
 
@@ -114,6 +115,7 @@ async def test_the_page_shows_incidents_and_events_live_and_names_as_text(
         shown = cards(driver, "open")
         assert "CRITICAL" in shown["aws/*/2026-01-08T15:32:00Z"]["text"].upper()
         assert "reports this minute 472 (usually 42)" in shown["aws/*/2026-01-08T15:32:00Z"]["text"]
+        assert shown["aws/*/2026-01-08T15:32:00Z"]["lines"] == 2  # reports and expected
         assert "part of outage event" in shown["netflix/*/2026-01-08T15:32:00Z"]["text"]
         [event] = cards(driver, "outages").values()
         assert "suspected cause" in event["text"] and event["cause"] == "aws"

@@ -150,8 +150,9 @@ def test_sparkline_points_are_per_bucket_sorted_without_repeats_and_capped():
     view = fold([alert("x", 0, b, reports=b) for b in reversed(buckets[:10])]
                 + [alert("x", 0, b, reports=b) for b in buckets] + [alert("x", 0, 3)])
     points = view.service("x")["incidents"][0]["points"]
-    assert [p[0] for p in points] == [T0 + b * MINUTE for b in buckets[-POINTS_PER_INCIDENT:]]
-    assert all(p[1] == (p[0] - T0) // MINUTE and p[2] == 5.0 for p in points)
+    kept = buckets[-POINTS_PER_INCIDENT:]
+    assert points == {"bucket_start_ms": [T0 + b * MINUTE for b in kept], "reports": kept,
+                      "expected": [5.0] * len(kept)}
 
 
 def test_a_services_history_keeps_its_latest_incidents_and_every_open_one():
@@ -198,5 +199,6 @@ def test_the_page_feed_links_incidents_to_their_event_and_cuts_long_lists():
     linked = {row["alert"]["service"]: row["event_id"] for row in feed["open"]}
     assert linked == {"s4": None, "s3": None, "s2": "e1"}
     assert feed["outages_total"] == 1 and feed["outages"][0]["event_id"] == "e1"
-    assert feed["open"][0]["points"] == [[T0 + 4 * MINUTE, 100, 5.0]]
+    assert feed["open"][0]["points"] == {"bucket_start_ms": [T0 + 4 * MINUTE],
+                                         "reports": [100], "expected": [5.0]}
     assert view.service("s1")["outages"] == [feed["outages"][0]]
