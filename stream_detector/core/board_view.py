@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from array import array
 from bisect import bisect_left
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import datetime
 from typing import Any
 
@@ -108,6 +108,20 @@ def _counts(message: dict, name: str) -> None:
         for pair in value
     ):
         raise BadMessage("bad_type", f"{name} is not a list of [name, count]")
+
+
+def _lifetime(message: dict) -> tuple[str, int, int | None]:
+    """`status`, `started_at` and `ended_at` (epoch ms; None while firing) of an
+    alert or an outage event."""
+    status = _field(message, "status", str)
+    if status not in STATUSES:
+        raise BadMessage("bad_type", f"status {status[:20]!r} is not firing or resolved")
+    start_ms = parse_time(message.get("started_at"), "started_at")
+    ended = _field(message, "ended_at", str, nullable=True)
+    end_ms = parse_time(ended, "ended_at") if ended is not None else None
+    if status == RESOLVED and end_ms is None:
+        raise BadMessage("missing_field", "resolved without ended_at")
+    return status, start_ms, end_ms
 
 
 class _Incident:
@@ -196,38 +210,30 @@ class BoardView:
     def apply_alert(self, raw: bytes) -> bool:
         """Fold one alert message in; whether the view changed. A message the board
         cannot use is counted in `skipped` and raises BadMessage."""
-        try:
-            return self._apply_alert(_decode(raw))
-        except BadMessage as exc:
-            self.skipped[exc.reason] += 1
-            raise
+        return self._apply(self._apply_alert, raw)
 
     def apply_outage(self, raw: bytes) -> bool:
         """Fold one outage-event message in; as `apply_alert`."""
+        return self._apply(self._apply_outage, raw)
+
+    def _apply(self, fold: Callable[[dict], bool], raw: bytes) -> bool:
         try:
-            return self._apply_outage(_decode(raw))
+            return fold(_decode(raw))
         except BadMessage as exc:
             self.skipped[exc.reason] += 1
             raise
 
     def _apply_alert(self, alert: dict) -> bool:
         alert_id = _name(alert, "alert_id")
-        status = _field(alert, "status", str)
-        if status not in STATUSES:
-            raise BadMessage("bad_type", f"status {status[:20]!r} is not firing or resolved")
+        status, start_ms, end_ms = _lifetime(alert)
         service = _name(alert, "service")
         _name(alert, "region", nullable=True)
         _name(alert, "severity")
-        start_ms = parse_time(alert.get("started_at"), "started_at")
         bucket_ms = parse_time(alert.get("bucket_start"), "bucket_start")
-        ended = alert.get("ended_at")
-        end_ms = parse_time(ended, "ended_at") if ended is not None else None
         reports = _field(alert, "reports", int)
         expected = _field(alert, "expected", int | float)
         for name in ("regions", "problems"):
             _counts(alert, name)
-        if status == RESOLVED and end_ms is None:
-            raise BadMessage("missing_field", "a resolved alert without ended_at")
 
         changed = self._see_time(max(bucket_ms, end_ms or 0))
         rank = (bucket_ms, status == RESOLVED)
@@ -263,12 +269,7 @@ class BoardView:
 
     def _apply_outage(self, event: dict) -> bool:
         event_id = _name(event, "event_id")
-        status = _field(event, "status", str)
-        if status not in STATUSES:
-            raise BadMessage("bad_type", f"status {status[:20]!r} is not firing or resolved")
-        start_ms = parse_time(event.get("started_at"), "started_at")
-        ended = _field(event, "ended_at", str, nullable=True)
-        end_ms = parse_time(ended, "ended_at") if ended is not None else None
+        status, start_ms, end_ms = _lifetime(event)
         services = _field(event, "services", list)
         if not all(isinstance(m, list) and len(m) == 3 and isinstance(m[0], str)
                    and (m[1] is None or isinstance(m[1], str)) and isinstance(m[2], str)
@@ -278,8 +279,6 @@ class BoardView:
         for name in ("regions", "problems"):
             _counts(event, name)
         _field(event, "reports", int | float)
-        if status == RESOLVED and end_ms is None:
-            raise BadMessage("missing_field", "a resolved event without ended_at")
 
         changed = self._see_time(max(start_ms, end_ms or 0))
         current = self._outages.get(event_id)

@@ -205,6 +205,15 @@ async def create_topic(bootstrap: str, topic: str, partitions: int) -> None:
         await admin.close()
 
 
+def board_settings(bootstrap: str, unique: str, **overrides) -> Settings:
+    """Settings of a board of this test's own alerts and outages topics, on a free
+    loopback port."""
+    flags = {"bootstrap_servers": bootstrap, "alerts_topic": f"{unique}-alerts",
+             "outages_topic": f"{unique}-outages", "board_port": 0, "board_host": "127.0.0.1",
+             **overrides}
+    return load_settings(flags, environ={})
+
+
 @contextlib.asynccontextmanager
 async def running_board(settings: Settings):
     """`stream-detector board` served in this process; yields its port once it has

@@ -13,6 +13,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from tests.conftest import wait_for
 from tests.integration.kafka_helpers import (
+    board_settings,
     create_topic,
     detector_settings,
     encode,
@@ -25,16 +26,6 @@ from tests.integration.kafka_helpers import (
 )
 
 pytestmark = pytest.mark.integration
-
-
-def board_settings(settings, **overrides):
-    """The board of a detector's topics, on a free loopback port."""
-    from stream_detector.config import load_settings
-
-    flags = {"bootstrap_servers": settings.bootstrap_servers,
-             "alerts_topic": settings.alerts_topic, "outages_topic": settings.outages_topic,
-             "board_port": 0, "board_host": "127.0.0.1", **overrides}
-    return load_settings(flags, environ={})
 
 
 async def get(port: int, path: str) -> tuple[int, dict]:
@@ -78,6 +69,7 @@ async def test_the_api_returns_a_detectors_alerts_and_an_outage_event_and_a_rest
     settings = detector_settings(broker.bootstrap_servers, unique, model="ewma",
                                  idle_timeout="2s", checkpoint_interval="1s",
                                  outages_topic=f"{unique}-outages")
+    assert settings.alerts_topic == f"{unique}-alerts"
     await create_topic(broker.bootstrap_servers, settings.alerts_topic, 3)
     await create_topic(broker.bootstrap_servers, settings.outages_topic, 1)
     rng = random.Random(18)
@@ -113,7 +105,7 @@ async def test_the_api_returns_a_detectors_alerts_and_an_outage_event_and_a_rest
     await produce(broker.bootstrap_servers, settings.outages_topic, [orjson.dumps(event)],
                   [event["event_id"].encode()])
 
-    board = board_settings(settings)
+    board = board_settings(broker.bootstrap_servers, unique)  # the detector's topics
     async with running_board(board) as port:
         status, body = await get(port, "/api/v1/incidents?status=open")
         assert status == 200 and body == {"incidents": y_open}
@@ -146,13 +138,8 @@ async def test_the_api_returns_a_detectors_alerts_and_an_outage_event_and_a_rest
 
 
 async def test_the_board_follows_new_messages_and_skips_what_it_cannot_read(broker, unique):
-    from stream_detector.config import load_settings
-
-    settings = load_settings({
-        "bootstrap_servers": broker.bootstrap_servers, "alerts_topic": f"{unique}-alerts",
-        "outages_topic": f"{unique}-outages", "board_port": 0, "board_host": "127.0.0.1",
-        "grafana_url": "http://grafana.example:3000/",
-    }, environ={})
+    settings = board_settings(broker.bootstrap_servers, unique,
+                              grafana_url="http://grafana.example:3000/")
     await create_topic(broker.bootstrap_servers, settings.alerts_topic, 1)
     hostile = "<img src=x onerror=alert(1)>/a b"
     firing = {

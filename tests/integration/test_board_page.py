@@ -15,7 +15,7 @@ import orjson
 import pytest
 
 from tests import browser
-from tests.integration.kafka_helpers import create_topic, produce, running_board
+from tests.integration.kafka_helpers import board_settings, create_topic, produce, running_board
 
 pytestmark = pytest.mark.integration
 
@@ -87,13 +87,8 @@ async def test_the_page_shows_incidents_and_events_live_and_names_as_text(
     from selenium.common.exceptions import NoAlertPresentException
     from selenium.webdriver.common.by import By
 
-    from stream_detector.config import load_settings
-
-    settings = load_settings({
-        "bootstrap_servers": broker.bootstrap_servers, "alerts_topic": f"{unique}-alerts",
-        "outages_topic": f"{unique}-outages", "board_port": 0, "board_host": "127.0.0.1",
-        "grafana_url": "http://grafana.example:3000",
-    }, environ={})
+    settings = board_settings(broker.bootstrap_servers, unique,
+                              grafana_url="http://grafana.example:3000")
     await create_topic(broker.bootstrap_servers, settings.alerts_topic, 1)
     await create_topic(broker.bootstrap_servers, settings.outages_topic, 1)
     bootstrap = broker.bootstrap_servers
