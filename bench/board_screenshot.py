@@ -51,7 +51,7 @@ def main() -> int:
     parser.add_argument("--output", default=str(REPO / "docs/board-demo.png"))
     parser.add_argument("--phone-output", default=str(REPO / "docs/board-demo-phone.png"))
     parser.add_argument("--width", type=int, default=1000)
-    parser.add_argument("--resolved", type=int, default=3)
+    parser.add_argument("--resolved", type=int, default=4)
     parser.add_argument("--timeout", type=float, default=300.0)
     args = parser.parse_args()
     problem = browser.missing()
