@@ -274,12 +274,14 @@ def _summary(sent: int, outages, incidents: dict[str, list[dict]], seconds: floa
             if not outage.is_outage:
                 status += "; a false alert, this was not an outage"
         print(f"  {outage.describe()}: {status}", file=out)
-    for history in incidents.values():
-        if not any(_matches(history, o) for o in outages):
-            first = history[0]
-            where = first["service"] + (f" in {first['region']}" if first["region"] else "")
-            print(f"  false alert: {where} {first['started_at'][:10]} {_clock(first['started_at'])}"
-                  f" ({first['severity']}), matches no injected outage", file=out)
+    false = [h for h in incidents.values() if not any(_matches(h, o) for o in outages)]
+    for history in false:
+        first = history[0]
+        where = first["service"] + (f" in {first['region']}" if first["region"] else "")
+        print(f"  false alert: {where} {first['started_at'][:10]} {_clock(first['started_at'])}"
+              f" ({first['severity']}), matches no injected outage", file=out)
+    if not false:
+        print("  false alerts: none, every incident matches an injected outage", file=out)
 
 
 def _matches(history: list[dict], outage) -> bool:
