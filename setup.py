@@ -9,6 +9,8 @@ from setuptools import Extension, setup
 # Module name -> its source: stream_detector/core/tally.pyx is stream_detector.core.tally.
 SOURCES = [
     "stream_detector/core/_counting.pyx",
+    "stream_detector/core/watermark.pyx",
+    "stream_detector/core/buckets.pyx",
     "stream_detector/core/tally.pyx",
     "stream_detector/core/reporters.pyx",
     "stream_detector/core/models/_seasonal_kernel.pyx",

@@ -4,14 +4,18 @@
 It runs once per report, so at a few hundred thousand reports a second the
 interpreter's own overhead was most of its cost. It is written against
 `PartitionDetector`'s state, which owns its meaning; see `detector.py` for
-the rules it applies.
+the rules it applies. The rules of time and bucketing are those of the
+event clock (`watermark.EventClock`) and the buckets (`buckets.BucketCounter`),
+called through their compiled methods.
 """
 
 from cpython.bytes cimport PyBytes_AS_STRING
 from libc.string cimport memcmp
 
+from stream_detector.core.buckets cimport BucketCounter
 from stream_detector.core.reporters cimport HourSet, ReporterFilter, pair_key_utf8
 from stream_detector.core.tally cimport BucketTally, SeriesIndex
+from stream_detector.core.watermark cimport EventClock
 
 from stream_detector.core.events import (
     BAD_TIMESTAMP,
@@ -247,32 +251,25 @@ def count_reports(detector, values, wall_ms):
     (index in `values`, `InvalidReport`). A common report is read and
     checked inline (`scan_report`, `usable`); anything else goes through
     `decode_report`, which names what is wrong or converts an ISO
-    timestamp. The reporter filter, the bucket counter and the event clock
-    are inlined too.
+    timestamp.
     """
     config = detector.config
-    clock = detector.clock
-    cdef long long width = config.bucket_ms
-    cdef long long lateness_ms = clock.lateness_ms
+    cdef EventClock clock = detector.clock
     # Newest acceptable timestamp: the valid range and the future limit in one bound.
     cdef long long newest_ms = MAX_TS_MS - 1
     if wall_ms is not None and wall_ms + config.max_future_ms < newest_ms:
         newest_ms = wall_ms + config.max_future_ms
-    # -1 and 0 stand for "no report yet" and "nothing closed yet": every
-    # timestamp is later than both, so no bucket is late against them.
-    cdef long long max_event_ms = -1 if clock.max_event_ms is None else clock.max_event_ms
-    cdef long long wall_at_max_ms = clock.wall_at_max_ms
     cdef long long observed_wall_ms = wall_ms if wall_ms is not None else 0
+    # 0 stands for "nothing closed yet": every timestamp is later.
     cdef long long next_close_ms = detector.next_close_ms or 0
-    counter = detector.counter
-    cdef dict open_buckets = counter.open
+    cdef BucketCounter counter = detector.counter
     cdef ReporterFilter reporters = detector.reporters
     cdef SeriesIndex index = detector.index
     # The bucket and the reporter hour of the previous report, as ranges of
     # event time: consecutive reports almost always share both, and
     # comparing timestamps is much cheaper than dividing them. `bucket` is
     # None until a report counts in it, so no empty bucket is ever opened.
-    cdef long long bucket_start = -1, bucket_end = -1, bucket_late_ms = -1
+    cdef long long bucket_start = -1, bucket_end = -1
     cdef long long hour_start = -1, hour_end = -1, ts_ms = 0
     cdef Py_ssize_t index_in_values = 0, size, service_id, region_id, problem_id
     cdef long long late = 0, duplicate = 0
@@ -284,75 +281,65 @@ def count_reports(detector, values, wall_ms):
     cdef object service = None, region = None, problem = None, reporter = None
     cdef Scanned scanned
     cdef bint short_message
-    try:
-        for raw in values:
-            size = len(raw) if raw is not None else 0
-            short_message = size <= C_MAX_FIELD_CHARS
-            service = region = problem = reporter = None
-            if not (
-                type(raw) is bytes and size <= C_MAX_MESSAGE_BYTES
-                and scan_report(<const unsigned char*>PyBytes_AS_STRING(raw), size, &scanned)
-                and C_MIN_TS_MS <= scanned.ts <= newest_ms
-                and usable(&scanned.service, True, short_message)
-                and usable(&scanned.region, False, short_message)
-                and usable(&scanned.problem, False, short_message)
-                and usable(&scanned.reporter, False, short_message)
-            ):
-                try:
-                    service, ts, region, problem, reporter = decode_report(raw)
-                    if ts > newest_ms:
-                        raise InvalidReport(BAD_TIMESTAMP, f"'ts' {ts} is in the future")
-                except InvalidReport as exc:
-                    invalid.append((index_in_values, exc))
-                    index_in_values += 1
-                    continue
-                scanned.ts = ts
-                point_at(&scanned.service, service)
-                point_at(&scanned.region, region)
-                point_at(&scanned.problem, problem)
-                point_at(&scanned.reporter, reporter)
-            index_in_values += 1
-            ts_ms = scanned.ts
-            if not bucket_start <= ts_ms < bucket_end:
-                bucket_start = ts_ms - ts_ms % width
-                bucket_end = bucket_start + width
-                # The bucket is late by event time once the clock reaches this.
-                bucket_late_ms = bucket_end + lateness_ms
-                bucket = open_buckets.get(bucket_start)
-            # Late by event time alone (deterministic for a given message order), or
-            # late because the wall clock already closed its bucket while the
-            # partition was quiet.
-            if max_event_ms >= bucket_late_ms or bucket_start < next_close_ms:
-                late += 1
+    for raw in values:
+        size = len(raw) if raw is not None else 0
+        short_message = size <= C_MAX_FIELD_CHARS
+        service = region = problem = reporter = None
+        if not (
+            type(raw) is bytes and size <= C_MAX_MESSAGE_BYTES
+            and scan_report(<const unsigned char*>PyBytes_AS_STRING(raw), size, &scanned)
+            and C_MIN_TS_MS <= scanned.ts <= newest_ms
+            and usable(&scanned.service, True, short_message)
+            and usable(&scanned.region, False, short_message)
+            and usable(&scanned.problem, False, short_message)
+            and usable(&scanned.reporter, False, short_message)
+        ):
+            try:
+                service, ts, region, problem, reporter = decode_report(raw)
+                if ts > newest_ms:
+                    raise InvalidReport(BAD_TIMESTAMP, f"'ts' {ts} is in the future")
+            except InvalidReport as exc:
+                invalid.append((index_in_values, exc))
+                index_in_values += 1
                 continue
-            if scanned.reporter.present:
-                if not hour_start <= ts_ms < hour_end:
-                    hour_start = ts_ms - ts_ms % C_HOUR_MS
-                    hour_end = hour_start + C_HOUR_MS
-                    seen_in_hour = reporters.hour_set(hour_start // C_HOUR_MS)
-                if not seen_in_hour.add(pair_key_utf8(
-                    <const char*>scanned.service.start, scanned.service.size,
-                    <const char*>scanned.reporter.start, scanned.reporter.size,
-                )):
-                    duplicate += 1
-                    continue
-            if bucket is None:
-                bucket = counter.bucket(bucket_start)
-            service_id = index.service(<const char*>scanned.service.start, scanned.service.size,
-                                       service)
-            region_id = problem_id = -1
-            if scanned.region.present:
-                region_id = index.region(service_id, <const char*>scanned.region.start,
-                                         scanned.region.size, region)
-            if scanned.problem.present:
-                problem_id = index.problem(<const char*>scanned.problem.start,
-                                           scanned.problem.size, problem)
-            bucket.count(service_id, region_id, problem_id)
-            if ts_ms > max_event_ms:
-                max_event_ms = ts_ms
-                wall_at_max_ms = observed_wall_ms
-    finally:
-        if max_event_ms >= 0:
-            clock.max_event_ms = max_event_ms
-            clock.wall_at_max_ms = wall_at_max_ms
+            scanned.ts = ts
+            point_at(&scanned.service, service)
+            point_at(&scanned.region, region)
+            point_at(&scanned.problem, problem)
+            point_at(&scanned.reporter, reporter)
+        index_in_values += 1
+        ts_ms = scanned.ts
+        if not bucket_start <= ts_ms < bucket_end:
+            bucket_start = counter.start_of(ts_ms)
+            bucket_end = bucket_start + counter.width_ms
+            bucket = None
+        # Late by event time alone, or late because the wall clock already closed
+        # its bucket while the partition was quiet.
+        if clock.passed(bucket_end) or bucket_start < next_close_ms:
+            late += 1
+            continue
+        if scanned.reporter.present:
+            if not hour_start <= ts_ms < hour_end:
+                hour_start = ts_ms - ts_ms % C_HOUR_MS
+                hour_end = hour_start + C_HOUR_MS
+                seen_in_hour = reporters.hour_set(hour_start // C_HOUR_MS)
+            if not seen_in_hour.add(pair_key_utf8(
+                <const char*>scanned.service.start, scanned.service.size,
+                <const char*>scanned.reporter.start, scanned.reporter.size,
+            )):
+                duplicate += 1
+                continue
+        if bucket is None:
+            bucket = counter.bucket_at(bucket_start)
+        service_id = index.service(<const char*>scanned.service.start, scanned.service.size,
+                                   service)
+        region_id = problem_id = -1
+        if scanned.region.present:
+            region_id = index.region(service_id, <const char*>scanned.region.start,
+                                     scanned.region.size, region)
+        if scanned.problem.present:
+            problem_id = index.problem(<const char*>scanned.problem.start,
+                                       scanned.problem.size, problem)
+        bucket.count(service_id, region_id, problem_id)
+        clock.observe(ts_ms, observed_wall_ms)
     return late, duplicate, invalid

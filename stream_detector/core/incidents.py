@@ -282,6 +282,37 @@ class IncidentTracker:
         }
 
 
+    def state(self) -> dict:
+        """Open incidents, cooldowns, pending runs and recent history, as JSON-ready lists."""
+        return {
+            "incidents": [
+                [i.service, i.region, i.start_ms, i.severity, i.buckets, i.calm_run, i.regions,
+                 i.problems]
+                for i in self.open.values()
+            ],
+            "resolved": [[key[0], key[1], ms] for key, ms in self.resolved.items()],
+            "pending": [[key[0], key[1], *run] for key, run in self.pending.items()],
+            "history": [[key[0], key[1], past] for key, past in self.history.items()],
+        }
+
+    def load_state(self, state: dict) -> None:
+        """Replace everything by a `state()`."""
+        self.open = {
+            (service, region): Incident(service, region, start_ms, severity, buckets, calm_run,
+                                        regions, problems)
+            for service, region, start_ms, severity, buckets, calm_run, regions, problems
+            in state["incidents"]
+        }
+        self.resolved = {(service, region): ms for service, region, ms in state["resolved"]}
+        self.pending = {
+            (service, region): (first_ms, run, total)
+            for service, region, first_ms, run, total in state["pending"]
+        }
+        self.history = {
+            (service, region): [(start_ms, end_ms) for start_ms, end_ms in past]
+            for service, region, past in state["history"]
+        }
+
 def _add_counts(into: dict[str, int], counts: dict[str, int]) -> None:
     for name, n in counts.items():
         into[name] = into.get(name, 0) + n

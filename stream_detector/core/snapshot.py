@@ -2,8 +2,10 @@
 
 Everything a partition has learned goes in: open buckets, the event clock,
 the reporter filter, every series' model and open incidents, so a restored
-detector continues exactly where the snapshot was taken. The encoding is
-orjson over plain lists; the models are their bank's `state()`.
+detector continues exactly where the snapshot was taken. Each component
+gives its own `state()` and takes it back with `load_state()`; this module
+only puts them in one document, versions it and reads older versions. The
+encoding is orjson over plain lists.
 
 A snapshot records the format version, the model name and the bucket width;
 restoring one that does not match the running configuration fails with a
@@ -20,7 +22,6 @@ import zlib
 import orjson
 
 from stream_detector.core.detector import DetectorConfig, PartitionDetector
-from stream_detector.core.incidents import Incident
 from stream_detector.core.reporters import HOUR_MS
 
 FORMAT_VERSION = 6
@@ -66,21 +67,15 @@ def encode(detector: PartitionDetector, model_name: str) -> bytes:
         "version": FORMAT_VERSION,
         "model": model_name,
         "bucket_ms": d.config.bucket_ms,
-        "clock": [d.clock.max_event_ms, d.clock.wall_at_max_ms],
+        "clock": d.clock.state(),
         "next_close_ms": d.next_close_ms,
-        "open": [[start, counts.to_dict()] for start, counts in d.counter.open.items()],
+        "open": d.counter.state(),
         "reporters": [[hour, base64.b64encode(packed).decode()]
                       for hour, packed in d.reporters.state()],
         "series": d.index.items(),
         "models": d.bank.state(),
-        "incidents": [
-            [i.service, i.region, i.start_ms, i.severity, i.buckets, i.calm_run, i.regions,
-             i.problems]
-            for i in d.incidents.open.values()
-        ],
-        "resolved": [[key[0], key[1], ms] for key, ms in d.incidents.resolved.items()],
-        "pending": [[key[0], key[1], *run] for key, run in d.incidents.pending.items()],
-        "history": [[key[0], key[1], past] for key, past in d.incidents.history.items()],
+        # "incidents", "resolved", "pending", "history"
+        **d.incidents.state(),
         "evidence": d.evidence.state(),
         "shape": d.shape.state(),
     }
@@ -107,11 +102,7 @@ def decode(data: bytes, config: DetectorConfig, wall_ms: int) -> PartitionDetect
         raise SnapshotError(f"snapshot has {doc['bucket_ms'] // 1000}s buckets, setting bucket "
                             f"is {config.bucket_ms // 1000}s")
     d = PartitionDetector(config)
-    max_event_ms, _ = doc["clock"]
-    d.clock.max_event_ms = max_event_ms
-    # The wall clock of the process that wrote the snapshot means nothing here:
-    # count quiet time from the restore, or a replay would close buckets early.
-    d.clock.wall_at_max_ms = wall_ms
+    d.clock.load_state(doc["clock"], wall_ms)
     d.next_close_ms = doc["next_close_ms"]
     if doc["version"] == 3:
         for hour, pairs in doc["reporters"]:
@@ -130,25 +121,8 @@ def decode(data: bytes, config: DetectorConfig, wall_ms: int) -> PartitionDetect
         raise SnapshotError(f"snapshot's model state does not fit: {exc}") from None
     # After the models: a service first counted in an open bucket (a snapshot
     # written before series got their rows at their first report) gets its row now.
-    for start, counts in doc["open"]:
-        bucket = d.counter.bucket(start)
-        for service, (reports, regions, problems) in counts.items():
-            bucket.add(service, reports, regions, problems)
-    for service, region, start_ms, severity, buckets, calm_run, regions, problems in doc[
-        "incidents"
-    ]:
-        d.incidents.open[(service, region)] = Incident(
-            service, region, start_ms, severity, buckets, calm_run, regions, problems
-        )
-    d.incidents.resolved = {(service, region): ms for service, region, ms in doc["resolved"]}
-    d.incidents.pending = {
-        (service, region): (first_ms, run, total)
-        for service, region, first_ms, run, total in doc["pending"]
-    }
-    d.incidents.history = {
-        (service, region): [(start_ms, end_ms) for start_ms, end_ms in past]
-        for service, region, past in doc["history"]
-    }
+    d.counter.load_state(doc["open"])
+    d.incidents.load_state(doc)
     if doc["version"] >= 5:
         d.evidence.load_state(doc["evidence"])
         d.shape.load_state(doc["shape"])
