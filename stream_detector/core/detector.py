@@ -101,6 +101,19 @@ class BucketSeries:
             self._keys = keys + self.extra
         return self._keys
 
+    def service_positions(self) -> tuple[np.ndarray, np.ndarray, int]:
+        """The service-wide series of the bucket: their service ids and positions, the
+        services with reports first (how many is the third value), then the services
+        of open incidents without reports."""
+        ids, positions = self.services, self.first
+        offset = len(self.rows) - len(self.extra)
+        quiet = [(self.index.service_id(service), offset + j)
+                 for j, (service, region) in enumerate(self.extra) if region is None]
+        if quiet:
+            ids = np.concatenate([ids, np.array([i for i, _ in quiet], dtype=np.intp)])
+            positions = np.concatenate([positions, np.array([p for _, p in quiet], dtype=np.intp)])
+        return ids, positions, len(self.services)
+
     def index_of(self, key: SeriesKey) -> int | None:
         """The position of a series in the bucket; None if the bucket does not score it."""
         service, region = key

@@ -196,14 +196,8 @@ class ServiceGauges(Collector):
         if table is None or table.index is not series.index:  # new, or restored anew
             table = self.partitions[partition] = _Partition(series.index)
         table.grow(len(series.index.services))
-        counted = series.services
-        ids, positions = counted, series.first
-        offset = len(series.rows) - len(series.extra)
-        quiet = [(series.index.service_id(service), offset + j)
-                 for j, (service, region) in enumerate(series.extra) if region is None]
-        if quiet:
-            ids = np.concatenate([ids, np.array([i for i, _ in quiet], dtype=np.intp)])
-            positions = np.concatenate([positions, np.array([p for _, p in quiet], dtype=np.intp)])
+        ids, positions, with_reports = series.service_positions()
+        counted = ids[:with_reports]
         reports = series.reports[positions]
         score, expected, spread = (a[positions] for a in bucket.scored)
         table.seen_ms[ids] = bucket.start_ms
@@ -228,7 +222,7 @@ class ServiceGauges(Collector):
         latest = np.empty(len(counted), dtype=object)
         latest.fill(bucket.counts)
         table.latest[counted] = latest
-        if quiet:
+        if len(ids) > with_reports:  # services of open incidents without reports
             table.latest[ids[len(counted):]] = None
         if sum(np.count_nonzero(t.known) for t in self.partitions.values()) >= self._sweep_at:
             self._live_volumes()
