@@ -320,9 +320,9 @@ def count_reports(detector, values, wall_ms):
             continue
         if scanned.reporter.present:
             if not hour_start <= ts_ms < hour_end:
-                hour_start = ts_ms - ts_ms % C_HOUR_MS
+                hour_start = reporters.hour_start(ts_ms)
                 hour_end = hour_start + C_HOUR_MS
-                seen_in_hour = reporters.hour_set(hour_start // C_HOUR_MS)
+                seen_in_hour = reporters.pairs_from(hour_start)
             if not seen_in_hour.add(pair_key_utf8(
                 <const char*>scanned.service.start, scanned.service.size,
                 <const char*>scanned.reporter.start, scanned.reporter.size,

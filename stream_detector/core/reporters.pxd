@@ -18,3 +18,5 @@ cdef uint64_t pair_key(str service, str reporter) except? 0
 cdef class ReporterFilter:
     cdef readonly dict hours
     cpdef HourSet hour_set(self, long long hour)
+    cdef long long hour_start(self, long long ts_ms) noexcept
+    cdef HourSet pairs_from(self, long long hour_start_ms)

@@ -30,6 +30,7 @@ from libc.string cimport memcpy, memset
 from stream_detector.core._hashing cimport fnv1a, fnv_offset, mix64
 
 HOUR_MS = 3_600_000
+cdef long long C_HOUR_MS = HOUR_MS
 
 cdef Py_ssize_t FIRST_CAPACITY = 1024  # a power of two
 
@@ -164,9 +165,9 @@ cdef class HourSet:
 cdef class ReporterFilter:
     """The pairs counted in each recent hour of event time.
 
-    The detector applies the rule inline on its hot path: a report with a
-    reporter counts only if its pair is new in the report's hour, and then
-    joins it.
+    A report with a reporter counts only if its pair is new in the report's
+    hour, and then joins it. The counting loop asks for the hour of a report
+    (`hour_start`) and its pairs (`pairs_from`) only when the hour changes.
 
     >>> f = ReporterFilter()
     >>> f.first_report(1_000, "x", "a81f"), f.first_report(2_000, "x", "a81f")
@@ -187,10 +188,18 @@ cdef class ReporterFilter:
             pairs = self.hours[hour] = HourSet()
         return pairs
 
+    cdef long long hour_start(self, long long ts_ms) noexcept:
+        """Start of the clock hour of event time holding `ts_ms` (not negative)."""
+        return ts_ms - ts_ms % C_HOUR_MS
+
+    cdef HourSet pairs_from(self, long long hour_start_ms):
+        """The pairs of the hour starting at `hour_start_ms`, created empty on first use."""
+        return self.hour_set(hour_start_ms // C_HOUR_MS)
+
     def first_report(self, long long ts_ms, str service, str reporter):
         """Count this reporter's report of this service at `ts_ms`: True if it is the
         first of its hour (it counts), False if the hour had one already."""
-        return self.hour_set(ts_ms // HOUR_MS).add(pair_key(service, reporter))
+        return self.pairs_from(self.hour_start(ts_ms)).add(pair_key(service, reporter))
 
     def forget_before(self, long long ts_ms):
         """Drop hours that end before `ts_ms`; no report can land in them any more."""
