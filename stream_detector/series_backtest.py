@@ -26,7 +26,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO
 
-from stream_detector.core.models import DEFAULT_MODEL, model_factory
+from stream_detector.core.models import DEFAULT_MODEL, model_spec
 from stream_detector.core.models.base import Scored, SeriesModel
 
 COLUMNS = ("timestamp", "value", "anomaly_score", "expected", "alert")
@@ -195,13 +195,12 @@ class _EitherWay:
 
 def build_model(name: str, bucket_seconds: float, direction: str = "up") -> SeriesModel:
     """A model of the registry that scores `direction` ("up", "down" or "both")."""
-    from stream_detector.core.models import DIRECTIONAL_MODELS
-
     if direction not in ("up", "down", "both"):
         raise ValueError(f"direction must be up, down or both, not {direction!r}")
-    if name in DIRECTIONAL_MODELS:
-        return DIRECTIONAL_MODELS[name](bucket_seconds, direction)
-    factory = model_factory(name)
+    spec = model_spec(name)
+    if spec.directional is not None:
+        return spec.directional(bucket_seconds, direction)
+    factory = spec.series
     if direction == "up":
         return factory(bucket_seconds)
     down = _Flipped(factory(bucket_seconds))
