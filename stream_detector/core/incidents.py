@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from stream_detector.core.events import iso_utc
 from stream_detector.core.evidence import buckets_per_month
 from stream_detector.core.models.base import Scored
+from stream_detector.core.times import iso_utc
 
 WARNING = "warning"
 CRITICAL = "critical"
