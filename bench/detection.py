@@ -89,7 +89,11 @@ def main() -> int:
     rows: dict[str, dict] = {}
     with tempfile.TemporaryDirectory(prefix="detection-") as tmp:
         out_dir = Path(tmp)
-        for events in sorted(args.data.glob("corpus-*.events.jsonl.gz")):
+        corpora = sorted(args.data.glob("corpus-*.events.jsonl.gz"))
+        if not corpora:
+            parser.error(f"no corpus-*.events.jsonl.gz in {args.data}; give the outage-dev "
+                         "folder with --data")
+        for events in corpora:
             truth = events.with_name(events.name.replace(".events.jsonl.gz", ".truth.json"))
             print(f"replaying {events.name} ...", file=sys.stderr)
             rows[f"outage-dev {events.name.split('.')[0].split('-')[1]}"] = corpus_row(

@@ -55,12 +55,16 @@ def _setting_default(name: str) -> str:
     return str(value).lower() if isinstance(value, bool) else str(value)
 
 
-def _setting_flag(p: argparse.ArgumentParser, name: str, help: str, **kw) -> None:
-    """A flag for setting `name`: its help says the default and, where the setting
-    has them, its choices; the setting's own rule validates the value."""
+def _setting_flag(p: argparse.ArgumentParser, name: str, help: str, flag: str | None = None,
+                  **kw) -> None:
+    """A flag (`--the-setting-name` unless `flag` names it) for setting `name`: its
+    help says the default and, where the setting has them, its choices; the
+    setting's own rule validates the value."""
     choices = RULES[name].choices
     listed = f"; one of {', '.join(choices)}" if choices else ""
-    p.add_argument(f"--{name.replace('_', '-')}", help=(
+    if flag is not None:
+        kw["dest"] = name
+    p.add_argument(flag or f"--{name.replace('_', '-')}", help=(
         f"{help}{listed} (default: {_setting_default(name)}; setting {name}, "
         f"env {env_var(name)})"), **kw)
 
@@ -90,6 +94,8 @@ EXAMPLES = {
                 "--output alerts.jsonl --plot backtest.png\n"
                 "  stream-detector backtest --input series.csv --output scored.csv "
                 "--direction both",
+    "board": "example:\n  stream-detector board --bootstrap-servers kafka-1:9092 --port 8080 "
+             "--grafana-url http://grafana:3000",
     "demo": "example:\n  stream-detector demo",
 }
 
@@ -97,11 +103,12 @@ DEMO_DESCRIPTION = """\
 Runs the whole product on this machine and ends by itself, in about two minutes:
 starts an embedded Kafka-compatible broker (tansu, from the [embedded] extra),
 the detector with its metrics on http://127.0.0.1:9108/metrics (or a free port),
-and the simulator publishing four days of twelve services at about 4,600 times
-real time, with injected outages (among them one modelled on a weekend outage
-of X). It shows progress, the alerts as they arrive on the alerts topic, and a
-summary of which outages paged, how late, and which alerts were false. It takes
-no options and touches no broker of yours."""
+the status board on http://127.0.0.1:8080/ (or a free port), and the simulator
+publishing four days of twelve services at about 4,600 times real time, with
+injected outages (among them one modelled on a weekend outage of X). It shows
+progress, the alerts as they arrive on the alerts topic, and a summary of which
+outages paged, how late, and which alerts were false. It takes no options and
+touches no broker of yours."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -182,6 +189,26 @@ def build_parser() -> argparse.ArgumentParser:
     bt.add_argument("--plot", metavar="FILE.png", help="with --events: draw reports, the "
                     "normal band, labelled windows and incidents (needs the [plot] extra)")
 
+    board = command("board", "serve the live status board of the alerts and outages topics",
+                    description="Serve a live status page and a JSON API of what is down now: "
+                    "the alerts and outages topics read from their beginning (no consumer "
+                    "group, no commits; a start rebuilds the view). Stops on SIGTERM or "
+                    "SIGINT.")
+    _add_kafka_flags(board)
+    board.add_argument("--config", metavar="FILE.toml", help="TOML file of settings")
+    _setting_flag(board, "alerts_topic", "topic the alerts are on", metavar="TOPIC")
+    _setting_flag(board, "outages_topic", "topic the outage events are on", metavar="TOPIC")
+    _setting_flag(board, "board_port", "port of the page and the API; 0 picks a free one",
+                  flag="--port", metavar="PORT")
+    _setting_flag(board, "board_host", "address to listen on", flag="--host", metavar="HOST")
+    _setting_flag(board, "grafana_url", "link each service to its panel on this Grafana's "
+                  "stream-detector dashboard", metavar="URL")
+    _setting_flag(board, "startup_timeout", "how long to keep trying an unreachable broker at "
+                  "start-up", metavar="DURATION")
+    _setting_flag(board, "log_format", "log lines; auto is json when stderr is not a terminal",
+                  metavar="FORMAT")
+    _setting_flag(board, "log_level", "lowest level logged", metavar="LEVEL")
+
     command("demo", "everything on a local embedded broker, ends by itself",
             description=DEMO_DESCRIPTION)
     return parser
@@ -242,17 +269,41 @@ RUN_FLAGS = (
 )
 
 
-def cmd_run(args: argparse.Namespace) -> int:
+def _service_settings(args: argparse.Namespace, names: Sequence[str]) -> Settings:
+    """The settings of a long-running command, with logging configured by them."""
     global _log_format
     raw = args.log_format or os.environ.get(env_var("log_format"), "auto")
     _log_format = raw.strip().lower() if raw.strip().lower() in FORMATS else "auto"
-    settings = _settings_from(args, RUN_FLAGS)
+    settings = _settings_from(args, names)
     _log_format = settings.log_format
-    from stream_detector.app import configure_logging, serve, tune_gc
+    from stream_detector.app import configure_logging
 
     configure_logging(settings)
+    return settings
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    settings = _service_settings(args, RUN_FLAGS)
+    from stream_detector.app import serve, tune_gc
+
     tune_gc()
     asyncio.run(serve(settings, install_signal_handlers=True))
+    return 0
+
+
+BOARD_FLAGS = (
+    "bootstrap_servers", "alerts_topic", "outages_topic", "board_port", "board_host",
+    "grafana_url", "startup_timeout", "log_format", "log_level", "security_protocol",
+    "ssl_cafile", "ssl_certfile", "ssl_keyfile", "sasl_mechanism", "sasl_username",
+    "sasl_password",
+)
+
+
+def cmd_board(args: argparse.Namespace) -> int:
+    settings = _service_settings(args, BOARD_FLAGS)
+    from stream_detector.io.board import serve_board
+
+    asyncio.run(serve_board(settings, install_signal_handlers=True))
     return 0
 
 
@@ -356,7 +407,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return asyncio.run(run_demo())
 
 
-COMMANDS = {"run": cmd_run, "simulate": cmd_simulate, "backtest": cmd_backtest, "demo": cmd_demo}
+COMMANDS = {"run": cmd_run, "simulate": cmd_simulate, "backtest": cmd_backtest, "board": cmd_board,
+            "demo": cmd_demo}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

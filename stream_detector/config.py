@@ -33,6 +33,7 @@ from stream_detector.logs import FORMATS, LEVELS
 
 ENV_PREFIX = "STREAM_DETECTOR_"
 DEFAULT_METRICS_PORT = 9108
+DEFAULT_BOARD_PORT = 8080
 HOUR = 3600.0
 DAY = 86400.0
 
@@ -143,8 +144,12 @@ def _http_url(value: Any, setting: str) -> str | None:
     if url is not None:
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.netloc:
-            raise ConfigError(f"setting {setting}: {url!r} is not a URL like http://alertmanager:9093")
+            example = _URL_EXAMPLES.get(setting, "http://alertmanager:9093")
+            raise ConfigError(f"setting {setting}: {url!r} is not a URL like {example}")
     return url
+
+
+_URL_EXAMPLES = {"grafana_url": "http://grafana:3000"}
 
 
 def _whole(value: Any, setting: str) -> int:
@@ -269,6 +274,14 @@ class Settings:
     metrics_port: int = _setting(DEFAULT_METRICS_PORT, _whole, low=0, high=65535)
     metrics_max_services: int = _setting(200, _whole, low=1, high=100_000)
     alertmanager_url: str | None = _setting(None, _http_url)
+    outages_topic: str = _setting("outages", _text)
+    # The status board (`stream-detector board`): where it listens, how long a
+    # resolved incident or outage event stays on it (in the alerts' own time),
+    # and the Grafana whose stream-detector dashboard each service links to.
+    board_host: str = _setting("0.0.0.0", _text)
+    board_port: int = _setting(DEFAULT_BOARD_PORT, _whole, low=0, high=65535)
+    board_recent: float = _setting(DAY, parse_duration, low=60.0, high=30 * DAY)
+    grafana_url: str | None = _setting(None, _http_url)
     log_format: str = _setting("auto", _text, choices=FORMATS)
     log_level: str = _setting("INFO", _upper_text, choices=LEVELS)
     checkpoint_interval: float = _setting(10.0, parse_duration, low=0.1, high=HOUR)

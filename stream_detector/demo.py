@@ -22,11 +22,12 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from stream_detector.app import serve
 from stream_detector.backtest import IncidentSpan, Label, covers, incident_spans
-from stream_detector.config import DEFAULT_METRICS_PORT, load_settings
+from stream_detector.config import DEFAULT_BOARD_PORT, DEFAULT_METRICS_PORT, load_settings
 from stream_detector.core.incidents import CRITICAL, WARNING, Alert, Change
 from stream_detector.core.models.seasonal_poisson import DEFAULTS as SEASONAL_DEFAULTS
 from stream_detector.core.times import clock_minute, iso_utc, readable_minute
 from stream_detector.embedded import EmbeddedBroker, free_port
+from stream_detector.io.board import serve_board
 from stream_detector.logs import is_terminal
 from stream_detector.sim import publish_to_kafka, simulate
 
@@ -40,14 +41,14 @@ PARTITIONS = 3
 MATCH_LEAD_MS = 600_000
 
 
-def _port() -> int:
-    """The usual metrics port if it is free, so the README's curl works; any port otherwise."""
+def _port(usual: int = DEFAULT_METRICS_PORT) -> int:
+    """The usual port if it is free, so the README's curl works; any port otherwise."""
     import socket
 
     with socket.socket() as sock:
         try:
-            sock.bind(("127.0.0.1", DEFAULT_METRICS_PORT))
-            return DEFAULT_METRICS_PORT
+            sock.bind(("127.0.0.1", usual))
+            return usual
         except OSError:
             return free_port()
 
@@ -201,6 +202,8 @@ async def _show_alerts(bootstrap: str, topic: str, incidents: dict[str, list[Ale
 
 async def run_demo(out=sys.stdout) -> int:
     started = time.monotonic()
+    board_port = _port(DEFAULT_BOARD_PORT)
+    print(f"status board on http://127.0.0.1:{board_port}/ while the demo runs", file=out)
     print("starting the embedded Kafka-compatible broker (tansu) ...", file=out)
     with EmbeddedBroker() as broker:
         bootstrap = broker.bootstrap_servers
@@ -208,11 +211,13 @@ async def run_demo(out=sys.stdout) -> int:
         settings = load_settings({
             "bootstrap_servers": bootstrap, "metrics_port": port, "metrics_host": "127.0.0.1",
             "idle_timeout": "2s", "checkpoint_interval": "1s", "log_level": "WARNING",
+            "board_port": board_port, "board_host": "127.0.0.1",
         }, environ={})
         await _create_topics(bootstrap, [settings.reports_topic, settings.alerts_topic,
                                          settings.dlq_topic])
         stop = asyncio.Event()
         detector = asyncio.create_task(serve(settings, stop))
+        board = asyncio.create_task(serve_board(settings, stop))
         incidents: dict[str, list[Alert]] = {}
         progress = DemoProgress(out, incidents, int(SEASONAL_DEFAULTS["warmup_seconds"] * 1000))
         shower = asyncio.create_task(_show_alerts(bootstrap, settings.alerts_topic,
@@ -242,6 +247,7 @@ async def run_demo(out=sys.stdout) -> int:
         await asyncio.sleep(1.0)
         stop.set()
         await detector
+        await board
         shower.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await shower
@@ -274,11 +280,13 @@ def _summary(sent: int, outages, incidents: dict[str, list[Alert]], seconds: flo
             if not outage.is_outage:
                 status += "; a false alert, this was not an outage"
         print(f"  {outage.describe()}: {status}", file=out)
-    for span in spans:
-        if not any(_matches(span, label) for label in labels):
-            where = span.service + (f" in {span.region}" if span.region else "")
-            print(f"  false alert: {where} {readable_minute(span.start_ms)}"
-                  f" ({span.severity}), matches no injected outage", file=out)
+    false = [span for span in spans if not any(_matches(span, label) for label in labels)]
+    for span in false:
+        where = span.service + (f" in {span.region}" if span.region else "")
+        print(f"  false alert: {where} {readable_minute(span.start_ms)}"
+              f" ({span.severity}), matches no injected outage", file=out)
+    if not false:
+        print("  false alerts: none, every incident matches an injected outage", file=out)
 
 
 def _matches(span: IncidentSpan, label: Label) -> bool:

@@ -10,9 +10,11 @@ settings when the broker answers but TLS fails.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import ssl
 import struct
+from collections.abc import Callable
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.errors import KafkaConnectionError, KafkaError
@@ -261,3 +263,43 @@ async def _probe_plaintext(
         return (f"the Kafka broker at {address} answered in TLS; check security_protocol: "
                 f"set it to {tls} with ssl_cafile")
     return None
+
+
+BROKER_CHECK_EVERY_S = 5.0
+
+
+async def watch_broker(
+    consumer: AIOKafkaConsumer, stop: asyncio.Event, on_change: Callable[[bool], None]
+) -> None:
+    """Ask the broker for metadata every few seconds until `stop`; `on_change` hears
+    whether it answered each time the answer differs from the one before (the first
+    answer too), and a warning is logged at each change after the first."""
+    connected: bool | None = None
+    while not stop.is_set():
+        try:
+            await asyncio.wait_for(consumer.topics(), BROKER_CHECK_EVERY_S)
+            now = True
+        except (TimeoutError, KafkaError, OSError):
+            now = False
+        if now != connected:
+            if connected is not None:
+                log.warning("broker %s", "reachable again" if now else "unreachable")
+            connected = now
+            on_change(now)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), BROKER_CHECK_EVERY_S)
+
+
+async def stop_client(client: AIOKafkaConsumer | AIOKafkaProducer) -> None:
+    """Stop `client`, with a warning instead of an error when it cannot close cleanly.
+
+    aiokafka lets its fetcher's cancellation escape `stop()` while the broker is
+    unreachable; nothing is left to do by then. A cancellation of the caller
+    itself still propagates.
+    """
+    try:
+        await client.stop()
+    except (asyncio.CancelledError, KafkaError) as exc:
+        if (task := asyncio.current_task()) is not None and task.cancelling():
+            raise
+        log.warning("a Kafka client did not close cleanly", extra={"error": repr(exc)})

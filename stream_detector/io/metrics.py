@@ -391,12 +391,13 @@ class _HeadTooLarge(Exception):
     """The request line and headers passed `max_head_bytes`."""
 
 
-class MetricsServer:
-    """A tiny HTTP server for /metrics, /healthz and /readyz on the event loop.
+class HttpServer:
+    """A tiny HTTP server on the event loop, hardened for the open network; a
+    subclass says what each request target is answered with (`answer`).
 
     Small enough to own: prometheus-client's own server runs in a thread and
     knows nothing of health, and a web framework would be a dependency for
-    three routes. One request per connection (`Connection: close`), GET and
+    a handful of routes. One request per connection (`Connection: close`), GET and
     HEAD only, and every phase of a connection bounded by the limits above.
     When `max_connections` are open, a new connection displaces the oldest one
     that has not finished sending its request (or is being answered with an
@@ -407,9 +408,6 @@ class MetricsServer:
 
     def __init__(
         self,
-        metrics: DetectorMetrics,
-        healthy: Callable[[], bool],
-        ready: Callable[[], bool],
         *,
         max_head_bytes: int = MAX_HEAD_BYTES,
         head_timeout: float = HEAD_TIMEOUT_SECONDS,
@@ -417,9 +415,6 @@ class MetricsServer:
         max_connections: int = MAX_CONNECTIONS,
         linger: float = LINGER_SECONDS,
     ):
-        self.metrics = metrics
-        self.healthy = healthy
-        self.ready = ready
         self.max_head_bytes = max_head_bytes
         self.head_timeout = head_timeout
         self.write_timeout = write_timeout
@@ -489,8 +484,8 @@ class MetricsServer:
             return await self._refuse(reader, writer, 405, b"only GET and HEAD\n",
                                       b"Allow: GET, HEAD\r\n")
         self._displaceable.pop(writer, None)  # it may have been displaced meanwhile
-        status, ctype, body = self._route(target.split(b"?")[0])
-        writer.write(_response_head(status, ctype, len(body))
+        status, ctype, body, headers = self.answer(target)
+        writer.write(_response_head(status, ctype, len(body), headers)
                      + (body if method == b"GET" else b""))
         await self._close(writer)
 
@@ -510,14 +505,10 @@ class MetricsServer:
             # else: an empty line before the request line, which RFC 9112
             # (section 2.2) asks servers to ignore; it still counts to the cap.
 
-    def _route(self, path: bytes) -> tuple[int, str, bytes]:
-        if path == b"/metrics":
-            return 200, CONTENT_TYPE_LATEST, self.metrics.exposition()
-        if path == b"/healthz":
-            return _probe(self.healthy(), b"ok\n", b"unhealthy\n")
-        if path == b"/readyz":
-            return _probe(self.ready(), b"ready\n", b"not ready\n")
-        return 404, "text/plain", b"not found\n"
+    def answer(self, target: bytes) -> tuple[int, str, bytes, bytes]:
+        """Status, content type, body and extra header lines for a GET of `target`
+        (path and query, as sent)."""
+        raise NotImplementedError
 
     async def _refuse(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
                       status: int, body: bytes, extra_headers: bytes = b"") -> None:
@@ -543,6 +534,34 @@ class MetricsServer:
             await asyncio.wait_for(writer.wait_closed(), self.write_timeout)
         except OSError:  # TimeoutError and ConnectionError are both OSErrors
             writer.transport.abort()
+
+
+class MetricsServer(HttpServer):
+    """/metrics, /healthz and /readyz of the detector."""
+
+    def __init__(
+        self,
+        metrics: DetectorMetrics,
+        healthy: Callable[[], bool],
+        ready: Callable[[], bool],
+        **limits: float,
+    ):
+        super().__init__(**limits)
+        self.metrics = metrics
+        self.healthy = healthy
+        self.ready = ready
+
+    def answer(self, target: bytes) -> tuple[int, str, bytes, bytes]:
+        return (*self._route(target.split(b"?")[0]), b"")
+
+    def _route(self, path: bytes) -> tuple[int, str, bytes]:
+        if path == b"/metrics":
+            return 200, CONTENT_TYPE_LATEST, self.metrics.exposition()
+        if path == b"/healthz":
+            return _probe(self.healthy(), b"ok\n", b"unhealthy\n")
+        if path == b"/readyz":
+            return _probe(self.ready(), b"ready\n", b"not ready\n")
+        return 404, "text/plain", b"not found\n"
 
 
 def _response_head(status: int, ctype: str, length: int, extra: bytes = b"") -> bytes:

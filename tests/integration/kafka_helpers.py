@@ -206,3 +206,36 @@ async def create_topic(bootstrap: str, topic: str, partitions: int) -> None:
         await admin.create_topics([NewTopic(topic, partitions, 1)])
     finally:
         await admin.close()
+
+
+def board_settings(bootstrap: str, unique: str, **overrides) -> Settings:
+    """Settings of a board of this test's own alerts and outages topics, on a free
+    loopback port."""
+    flags = {"bootstrap_servers": bootstrap, "alerts_topic": f"{unique}-alerts",
+             "outages_topic": f"{unique}-outages", "board_port": 0, "board_host": "127.0.0.1",
+             **overrides}
+    return load_settings(flags, environ={})
+
+
+@contextlib.asynccontextmanager
+async def running_board(settings: Settings):
+    """`stream-detector board` served in this process; yields its port once it has
+    read what was on the topics (`/readyz`), stops it after."""
+    from stream_detector.io.board import serve_board
+
+    stop = asyncio.Event()
+    listening: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+    task = asyncio.create_task(serve_board(settings, stop, on_listening=listening.set_result))
+    try:
+        port = await asyncio.wait_for(listening, 30)
+
+        async def ready() -> bool:
+            if task.done():
+                task.result()  # raises what stopped it
+            return (await asyncio.to_thread(http_get, port, "/readyz"))[0] == 200
+
+        await wait_for(ready)
+        yield port
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 30)

@@ -313,3 +313,27 @@ def test_version_and_help_from_the_installed_command():
     proc = stream_detector("simulate", "--help")
     out, _ = proc.communicate(timeout=60)
     assert "how many services (default: 30)" in " ".join(out.split())
+
+
+async def test_board_serves_until_sigterm_and_a_taken_port_is_one_sentence(broker, unique):
+    from tests.integration.kafka_helpers import create_topic
+
+    await create_topic(broker.bootstrap_servers, f"{unique}-alerts", 1)
+    port = free_port()
+    args = ("board", "--bootstrap-servers", broker.bootstrap_servers, "--port", str(port),
+            "--host", "127.0.0.1", "--alerts-topic", f"{unique}-alerts")
+    proc = stream_detector(*args)
+    try:
+        _wait_ready(proc, port)
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/v1/incidents") as answer:
+            assert orjson.loads(answer.read()) == {"incidents": []}
+        second = stream_detector(*args)
+        assert one_sentence_error(second).startswith(
+            f"stream-detector: error: setting board_port: cannot listen on 127.0.0.1:{port}")
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=15)
+        assert proc.returncode == 0, err
+        assert "Traceback" not in err
+    finally:
+        if proc.poll() is None:
+            proc.kill()

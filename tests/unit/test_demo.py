@@ -86,6 +86,12 @@ def test_the_summary_gives_the_page_delay_and_names_the_false_alert():
     # 10:55 bucket ends 10:56: 12 minutes after 10:44; the incident is dated 10:53 (+9).
     assert "paged +12 min after it began (incident dated from +9 min), critical" in text
     assert "false alert: gmail 2026-01-07 23:37Z (warning), matches no injected outage" in text
+    assert "false alerts: none" not in text
+    # With no false alert the summary says so, rather than saying nothing.
+    clean = io.StringIO()
+    _summary(100, [outage], {"br": [first, BR, resolved]}, 76.0, clean)
+    assert clean.getvalue().endswith(
+        "  false alerts: none, every incident matches an injected outage\n")
 
 
 def test_on_a_narrow_terminal_the_progress_line_is_cut_not_wrapped(monkeypatch):
