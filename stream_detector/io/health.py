@@ -1,7 +1,8 @@
 """What /healthz, /readyz and the lag gauge say: broker reachable, partitions assigned, lag.
 
-`BrokerHealth` asks the broker for metadata now and then (a consumer that
-cannot fetch says nothing by itself) and logs each change of the answer once.
+`BrokerHealth` asks the broker for metadata now and then (`watch_broker`: a
+consumer that cannot fetch says nothing by itself) and logs each change of
+the answer once.
 """
 
 from __future__ import annotations
@@ -11,15 +12,12 @@ import contextlib
 import logging
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.errors import KafkaError
 
 from stream_detector.io.checkpoint import Position
+from stream_detector.io.clients import watch_broker
 from stream_detector.io.metrics import DetectorMetrics
 
 log = logging.getLogger("stream_detector")
-
-PROBE_EVERY_S = 5.0
-
 
 class BrokerHealth:
     def __init__(self, metrics: DetectorMetrics):
@@ -39,17 +37,19 @@ class BrokerHealth:
 
     async def watch(self, consumer: AIOKafkaConsumer, stop: asyncio.Event) -> None:
         """Probe the broker until `stop`; the answer is what /healthz reports."""
-        while not stop.is_set():
-            try:
-                await asyncio.wait_for(consumer.topics(), PROBE_EVERY_S)
-                connected = True
-            except (TimeoutError, KafkaError, OSError):
-                connected = False
-            if connected != self.connected:
+        first = True
+
+        def heard(connected: bool) -> None:
+            nonlocal first
+            # `watch_broker` warns of each change after its first answer; that
+            # first answer is a change too when the broker, reachable at the
+            # start, no longer answers.
+            if first and connected != self.connected:
                 log.warning("broker %s", "reachable again" if connected else "unreachable")
+            first = False
             self.set_connected(connected)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), PROBE_EVERY_S)
+
+        await watch_broker(consumer, stop, heard)
 
     def update_lag(
         self, consumer: AIOKafkaConsumer, positions: dict[TopicPartition, Position]

@@ -29,6 +29,7 @@ from stream_detector.io.clients import (
     build_consumer,
     build_producer,
     start_client,
+    stop_client,
 )
 from stream_detector.io.clocks import Clocks
 from stream_detector.io.consumer_loop import ConsumerLoop
@@ -136,14 +137,7 @@ class DetectorService:
                 log.warning("final checkpoint failed; a restart replays what it did not cover",
                             extra={"error": repr(exc)})
         for client in (shell.consumer, shell.reports_log, shell.producer):
-            try:
-                await client.stop()
-            except (asyncio.CancelledError, KafkaError) as exc:
-                # aiokafka lets its fetcher's cancellation escape a stop while
-                # the broker is unreachable; nothing is left to save by then.
-                if (task := asyncio.current_task()) is not None and task.cancelling():
-                    raise
-                log.warning("a Kafka client did not close cleanly", extra={"error": repr(exc)})
+            await stop_client(client)
         self.health.set_connected(False)
 
     async def run(self, stop: asyncio.Event) -> None:
