@@ -38,7 +38,7 @@ import orjson
 from aiokafka import AIOKafkaProducer
 from kafka_bench import fill_topic
 
-from stream_detector.core.events import iso_utc
+from stream_detector.core.times import iso_utc
 from stream_detector.embedded import EmbeddedBroker, free_port
 
 T0 = 1_767_571_200_000

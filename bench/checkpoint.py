@@ -30,7 +30,7 @@ from stream_detector.core import snapshot
 from stream_detector.core.detector import DetectorConfig, PartitionDetector
 from stream_detector.core.models import DEFAULT_MODEL
 from stream_detector.embedded import EmbeddedBroker
-from stream_detector.io.kafka import DetectorService
+from stream_detector.io.service import DetectorService
 from stream_detector.io.state import KafkaSnapshotStore
 
 T0 = 1_767_571_200_000
@@ -116,7 +116,7 @@ async def detector_run(bootstrap: str, n: int, group: str, interval: str) -> tup
     service = DetectorService(settings)
     rate = await consume_all(service, n)
     # The store numbers each partition's snapshots; their sum is how many were written.
-    return rate, sum(service.store.generation.values())
+    return rate, sum(service.shell.store.generation.values())
 
 
 async def main() -> None:

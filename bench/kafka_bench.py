@@ -10,7 +10,7 @@ from collections.abc import Iterable
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from stream_detector.io.kafka import DetectorService
+from stream_detector.io.service import DetectorService
 
 
 async def fill_topic(
@@ -47,10 +47,10 @@ async def consume_all(service: DetectorService, n: int) -> float:
     stop = asyncio.Event()
 
     async def watch() -> float:
-        while not service.messages_seen:
+        while not service.state.messages_seen:
             await asyncio.sleep(0.01)
         started = time.perf_counter()
-        while service.messages_seen < n:
+        while service.state.messages_seen < n:
             await asyncio.sleep(0.01)
         elapsed = time.perf_counter() - started
         stop.set()

@@ -18,6 +18,7 @@ import numpy as np
 import orjson
 
 from stream_detector.core.detector import DetectorConfig, PartitionDetector
+from stream_detector.core.incidents import Change
 
 T0 = 1_767_571_200_000  # Monday 2026-01-05 00:00 UTC
 MINUTE = 60_000
@@ -28,7 +29,6 @@ def incidents_by_day(rate: float, peak: float, days: int, seed: int) -> list[int
     rng = np.random.default_rng(seed)
     detector = PartitionDetector(DetectorConfig(regions=False))
     started: Counter[int] = Counter()
-    seen: set[str] = set()
     for minute in range(days * DAY_MINUTES):
         evening = (minute % DAY_MINUTES) // 60 == 18 and minute >= 3 * DAY_MINUTES
         n = int(rng.poisson(rate * peak if evening else rate))
@@ -36,8 +36,7 @@ def incidents_by_day(rate: float, peak: float, days: int, seed: int) -> list[int
         detector.add_many([orjson.dumps({"service": "s", "ts": ts + i}) for i in range(n)])
         for bucket in detector.advance():
             for alert in bucket.alerts:
-                if alert["alert_id"] not in seen:
-                    seen.add(alert["alert_id"])
+                if alert.change is Change.OPENED:
                     started[(bucket.start_ms - T0) // (DAY_MINUTES * MINUTE)] += 1
     return [started[day] for day in range(days)]
 

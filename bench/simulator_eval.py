@@ -41,7 +41,7 @@ from stream_detector.backtest import (  # noqa: E402
     run_labelled_backtest,
 )
 from stream_detector.core.detector import DetectorConfig  # noqa: E402
-from stream_detector.core.incidents import IncidentPolicy  # noqa: E402
+from stream_detector.core.incidents import Alert, IncidentPolicy  # noqa: E402
 from stream_detector.core.models import DEFAULT_MODEL  # noqa: E402
 from stream_detector.sim import simulate, write_jsonl, write_labels  # noqa: E402
 
@@ -59,7 +59,7 @@ VARIANTS = {
 }
 
 
-def figures(ev: LabelEvaluation, alerts: list[dict], bucket_ms: int) -> dict:
+def figures(ev: LabelEvaluation, alerts: list[Alert], bucket_ms: int) -> dict:
     minutes = bucket_ms / 60_000
     big = [o for o in ev.outages if o.label.peak_multiplier >= 3.0]
     # Page delay: when the first firing message could go out (the close of its bucket).

@@ -28,7 +28,7 @@ from stream_detector.app import tune_gc
 from stream_detector.config import load_settings
 from stream_detector.embedded import EmbeddedBroker
 from stream_detector.io.clients import CONSUMER_FETCH
-from stream_detector.io.kafka import DetectorService
+from stream_detector.io.service import DetectorService
 
 T0 = 1_767_571_200_000
 TOPIC = "bench-reports"

@@ -10,9 +10,10 @@ import signal
 from collections.abc import Callable
 
 from stream_detector.config import ConfigError, Settings
+from stream_detector.core.incidents import Alert
 from stream_detector.io.alertmanager import AlertmanagerClient, AlertmanagerForwarder
-from stream_detector.io.kafka import DetectorService
 from stream_detector.io.metrics import DetectorMetrics, MetricsServer
+from stream_detector.io.service import DetectorService
 
 log = logging.getLogger("stream_detector")
 
@@ -57,7 +58,7 @@ async def serve(
     if settings.alertmanager_url:
         forwarder = AlertmanagerForwarder(AlertmanagerClient(settings.alertmanager_url))
 
-        async def on_alert(alert: dict) -> None:
+        async def on_alert(alert: Alert) -> None:
             forwarder.offer(alert)
 
     service = DetectorService(settings, metrics, on_alert=on_alert)

@@ -18,7 +18,6 @@ from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO
 
@@ -26,7 +25,8 @@ import orjson
 
 from stream_detector.core.detector import INVALID, ClosedBucket, DetectorConfig, PartitionDetector
 from stream_detector.core.events import InvalidReport
-from stream_detector.core.incidents import CRITICAL, RESOLVED
+from stream_detector.core.incidents import CRITICAL, Alert, Change
+from stream_detector.core.times import iso_minute, iso_ms
 from stream_detector.evaluation import NabFile, NabResult, SeriesEvaluation, nab_score
 
 PROGRESS_EVERY = 200_000
@@ -64,13 +64,13 @@ def backtest_events(
     config: DetectorConfig,
     progress: IO[str] | None = sys.stderr,
     observe: Callable[[ClosedBucket], None] | None = None,
-) -> list[dict]:
-    """Write the alert messages `run` would publish for the events file; return them.
+) -> list[Alert]:
+    """Write the alert messages `run` would publish for the events file; return the alerts.
 
     `observe`, if given, sees every closed bucket (for plots and evaluation).
     """
     events_path = Path(events_path)
-    alerts: list[dict] = []
+    alerts: list[Alert] = []
     with ExitStack() as files:
         try:
             source = files.enter_context(_open_events(events_path))
@@ -84,7 +84,7 @@ def backtest_events(
             if observe is not None:
                 observe(bucket)
             for alert in bucket.alerts:
-                out.write(orjson.dumps(alert) + b"\n")
+                out.write(alert.to_json() + b"\n")
                 alerts.append(alert)
     return alerts
 
@@ -99,10 +99,6 @@ def _open_events(path: Path) -> IO[bytes]:
 
 
 # --- labelled outages against incidents -----------------------------------------
-
-
-def _ms(iso: str) -> int:
-    return int(datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp() * 1000)
 
 
 def series_name(service: str, region: str | None) -> str:
@@ -142,8 +138,8 @@ def load_labels(path: str | Path) -> list[Label]:
             labels.append(Label(
                 service=str(item["service"]),
                 region=item.get("region") or None,
-                start_ms=_ms(item["start"]),
-                end_ms=_ms(item["end"]),
+                start_ms=iso_ms(item["start"]),
+                end_ms=iso_ms(item["end"]),
                 shape=str(item.get("shape", "")),
                 is_outage=bool(item.get("is_outage", True)),
                 peak_multiplier=float(item.get("peak_multiplier") or 0.0),
@@ -173,44 +169,41 @@ class IncidentSpan:
         return series_name(self.service, self.region)
 
 
-def incident_spans(alerts: Iterable[dict]) -> list[IncidentSpan]:
-    """Group alert messages by incident; one still open at the end ends after its last bucket."""
-    first: dict[str, dict] = {}
-    last: dict[str, dict] = {}
+def incident_spans(alerts: Iterable[Alert]) -> list[IncidentSpan]:
+    """Group alerts by incident; one still open at the end ends after its last bucket."""
+    first: dict[str, Alert] = {}
+    last: dict[str, Alert] = {}
     paged: dict[str, int] = {}
     for alert in alerts:
-        first.setdefault(alert["alert_id"], alert)
-        last[alert["alert_id"]] = alert
-        if alert["status"] != RESOLVED and alert["alert_id"] not in paged:
-            paged[alert["alert_id"]] = (
-                _ms(alert["bucket_start"]) + 1000 * int(alert["bucket_seconds"])
-            )
+        key = alert.alert_id
+        first.setdefault(key, alert)
+        last[key] = alert
+        if alert.change is not Change.RESOLVED and key not in paged:
+            paged[key] = alert.bucket_end_ms
     spans = []
-    for alert_id, head in first.items():
-        tail = last[alert_id]
-        if tail["status"] == RESOLVED and tail.get("ended_at"):
-            end = _ms(tail["ended_at"])
-        else:
-            end = _ms(tail["bucket_start"]) + 1000 * int(tail["bucket_seconds"])
-        spans.append(IncidentSpan(alert_id, head["service"], head.get("region"),
-                                  _ms(head["started_at"]), end, tail["severity"],
-                                  paged.get(alert_id)))
+    for key, head in first.items():
+        tail = last[key]
+        end = tail.ended_ms if tail.ended_ms is not None else tail.bucket_end_ms
+        spans.append(IncidentSpan(key, head.service, head.region, head.started_ms, end,
+                                  tail.severity, paged.get(key)))
     spans.sort(key=lambda s: (s.start_ms, s.service, s.region or ""))
     return spans
 
 
-def covers(incident: IncidentSpan, label: Label) -> bool:
-    """Whether `incident` is about `label`'s event.
+def covers(incident: IncidentSpan, label: Label, lead_ms: int = 0) -> bool:
+    """Whether `incident` is about `label`'s event: the one rule of every evaluation.
 
     Same service; for a regional event, an incident naming that region or the
     whole service; and the incident overlaps the window, starting at the
-    latest when the window ends.
+    latest when the window ends. `lead_ms` moves the window's start earlier:
+    an incident that ended up to that long before the event began still
+    counts (the demo's summary allows ten minutes; evaluations allow none).
     """
     if incident.service != label.service:
         return False
     if label.region is not None and incident.region not in (None, label.region):
         return False
-    return incident.start_ms <= label.end_ms and incident.end_ms > label.start_ms
+    return incident.start_ms <= label.end_ms and incident.end_ms > label.start_ms - lead_ms
 
 
 @dataclass
@@ -403,7 +396,7 @@ def format_evaluation(ev: LabelEvaluation) -> str:
     lines.append("labelled events (delay in buckets from the start of the window):")
     events = [(o.label, o) for o in ev.outages] + [(lb, None) for lb in ev.floods]
     for label, result in sorted(events, key=lambda e: e[0].start_ms):
-        window = f"{_iso(label.start_ms)} .. {_iso(label.end_ms)}"
+        window = f"{iso_minute(label.start_ms)} .. {iso_minute(label.end_ms)}"
         if result is None:
             hits = [i for lb, i in ev.flood_incidents if lb == label]
             status = ("flood: INCIDENT " + ", ".join(i.alert_id for i in hits)) if hits else (
@@ -419,7 +412,8 @@ def format_evaluation(ev: LabelEvaluation) -> str:
         lines.append("false incidents (cover no labelled outage):")
         for i in ev.false_incidents:
             minutes = (i.end_ms - i.start_ms) / 60_000
-            lines.append(f"  {i.name:<22} {_iso(i.start_ms)} ({minutes:.0f} min, {i.severity})")
+            lines.append(f"  {i.name:<22} {iso_minute(i.start_ms)} "
+                         f"({minutes:.0f} min, {i.severity})")
     lines.append("")
     per_month = ""
     rate = ev.false_per_series_month
@@ -444,13 +438,9 @@ def format_evaluation(ev: LabelEvaluation) -> str:
     return "\n".join(lines)
 
 
-def _iso(ms: int) -> str:
-    return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%dT%H:%MZ")
-
-
 @dataclass
 class LabelledBacktest:
-    alerts: list[dict]
+    alerts: list[Alert]
     incidents: list[IncidentSpan]
     evaluation: LabelEvaluation | None
     history: SeriesHistory | None
@@ -473,7 +463,7 @@ class SeriesHistory:
 
     def __call__(self, bucket: ClosedBucket) -> None:
         for alert in bucket.alerts:
-            key = (alert["service"], alert.get("region"))
+            key = (alert.service, alert.region)
             if key[1] is not None and key not in self.kept:
                 self.kept.add(key)
                 self.points[key] = list(self._recent.pop(key, ()))

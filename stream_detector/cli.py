@@ -415,8 +415,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from stream_detector.embedded import EmbeddedBrokerError
     from stream_detector.io.clients import BrokerUnreachable
-    from stream_detector.io.kafka import StateUnusable
     from stream_detector.io.publisher import DeliveryFailed
+    from stream_detector.io.service import StateUnusable
     from stream_detector.io.state import StoreUnwritable
 
     try:

@@ -14,16 +14,18 @@ import shutil
 import sys
 import time
 from collections.abc import Iterable, Iterator
-from datetime import UTC, datetime
+from dataclasses import replace
 from typing import TextIO
 
-import orjson
 from aiokafka import AIOKafkaConsumer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from stream_detector.app import serve
+from stream_detector.backtest import IncidentSpan, Label, covers, incident_spans
 from stream_detector.config import DEFAULT_BOARD_PORT, DEFAULT_METRICS_PORT, load_settings
+from stream_detector.core.incidents import CRITICAL, WARNING, Alert, Change
 from stream_detector.core.models.seasonal_poisson import DEFAULTS as SEASONAL_DEFAULTS
+from stream_detector.core.times import clock_minute, iso_utc, readable_minute
 from stream_detector.embedded import EmbeddedBroker, free_port
 from stream_detector.io.board import serve_board
 from stream_detector.logs import is_terminal
@@ -34,6 +36,9 @@ DEMO_DAYS = 4.0
 DEMO_SPEED = 4 * 86_400 / 75  # four simulated days in about 75 seconds
 DEMO_SEED = 2026
 PARTITIONS = 3
+# An incident that ended up to this long before an injected outage began is
+# still counted as catching it.
+MATCH_LEAD_MS = 600_000
 
 
 def _port(usual: int = DEFAULT_METRICS_PORT) -> int:
@@ -57,36 +62,33 @@ async def _create_topics(bootstrap: str, names: list[str]) -> None:
         await admin.close()
 
 
-def _clock(iso: str) -> str:
-    """`2026-01-08T04:18:00Z` as `04:18Z`: the demo's days are told apart by the progress line."""
-    return iso[11:16] + "Z"
-
-
 def _usually(expected: float) -> str:
     return f"{expected:.1f}" if expected < 10 else f"{expected:,.0f}"
 
 
-def _line(alert: dict) -> str:
+def _line(alert: Alert) -> str:
     """One alert as a person reads it: what this bucket held against what is usual,
-    apart from what the incident has gathered since it started.
+    apart from what the incident has gathered since it started. Times of day
+    alone: the demo's days are told apart by the progress line.
 
     The score is left out: past the paging threshold it shows as 1.0000 for a
     weak incident and a strong one alike; the severity and the counts tell them apart.
     """
-    where = f"{alert['service']}" + (f" in {alert['region']}" if alert["region"] else "")
-    since = _clock(alert["started_at"])
-    if alert["status"] == "resolved":
-        minutes = (_ms(alert["ended_at"]) - _ms(alert["started_at"])) / 60_000
-        return (f"  RESOLVED  {where:<14} {alert['severity']:<8}  "
-                f"{alert['started_at'][:10]} {since} .. {_clock(alert['ended_at'])}"
+    where = alert.service + (f" in {alert.region}" if alert.region else "")
+    since = clock_minute(alert.started_ms)
+    if alert.change is Change.RESOLVED:
+        assert alert.ended_ms is not None
+        minutes = (alert.ended_ms - alert.started_ms) / 60_000
+        return (f"  RESOLVED  {where:<14} {alert.severity:<8}  "
+                f"{iso_utc(alert.started_ms)[:10]} {since} .. {clock_minute(alert.ended_ms)}"
                 f" ({minutes:.0f} min)")
-    width = alert["bucket_seconds"]
+    width = alert.bucket_ms // 1000
     bucket = "this minute" if width == 60 else f"this {width} s bucket"
-    regions = ", ".join(f"{name} {n:,}" for name, n in alert["regions"][:3])
-    problems = ", ".join(f"{name} {n:,}" for name, n in alert["problems"][:2])
-    return (f"  FIRING    {where:<14} {alert['severity']:<8}  "
-            f"{alert['bucket_start'][:10]} {_clock(alert['bucket_start'])}  "
-            f"{bucket} {alert['reports']:,} (usually {_usually(alert['expected'])}); "
+    regions = ", ".join(f"{name} {n:,}" for name, n in alert.regions[:3])
+    problems = ", ".join(f"{name} {n:,}" for name, n in alert.problems[:2])
+    return (f"  FIRING    {where:<14} {alert.severity:<8}  "
+            f"{readable_minute(alert.bucket_start_ms)}  "
+            f"{bucket} {alert.reports:,} (usually {_usually(alert.expected)}); "
             f"since {since}: {regions}; problems {problems}")
 
 
@@ -102,7 +104,7 @@ class DemoProgress:
     TTY_EVERY_S = 0.25
     PLAIN_EVERY_S = 10.0
 
-    def __init__(self, out: TextIO, incidents: dict[str, list[dict]], warmup_ms: int) -> None:
+    def __init__(self, out: TextIO, incidents: dict[str, list[Alert]], warmup_ms: int) -> None:
         self.out = out
         self.incidents = incidents
         self.warmup_ms = warmup_ms
@@ -126,12 +128,12 @@ class DemoProgress:
     def line(self) -> str:
         if self.last_ts is None or self.first_ts is None:
             return "progress: waiting for the first report"
-        clock = datetime.fromtimestamp(self.last_ts / 1000, UTC).strftime("%Y-%m-%d %H:%MZ")
+        clock = readable_minute(self.last_ts)
         rate = self.sent / max(time.monotonic() - self.started, 1e-9)
         to_go_ms = self.first_ts + self.warmup_ms - self.last_ts
         models = (f"models warming up, {to_go_ms / 3_600_000:.0f} h to go" if to_go_ms > 0
                   else "models ready")
-        firing = sum(1 for h in self.incidents.values() if h[-1]["status"] == "firing")
+        firing = sum(1 for h in self.incidents.values() if h[-1].change is not Change.RESOLVED)
         return (f"progress: simulated {clock}  {self.sent:,} reports ({rate:,.0f}/s)  "
                 f"{models}  {firing} incident{'s' if firing != 1 else ''} open")
 
@@ -175,7 +177,7 @@ class DemoProgress:
             self.show()
 
 
-async def _show_alerts(bootstrap: str, topic: str, incidents: dict[str, list[dict]],
+async def _show_alerts(bootstrap: str, topic: str, incidents: dict[str, list[Alert]],
                        progress: DemoProgress) -> None:
     consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap,
                                 auto_offset_reset="earliest")
@@ -185,12 +187,14 @@ async def _show_alerts(bootstrap: str, topic: str, incidents: dict[str, list[dic
             batch = await consumer.getmany(timeout_ms=200)
             for messages in batch.values():
                 for msg in messages:
-                    alert = orjson.loads(msg.value)
-                    history = incidents.setdefault(alert["alert_id"], [])
+                    alert = Alert.from_json(msg.value)
+                    history = incidents.setdefault(alert.alert_id, [])
+                    if not history:  # the first message of an incident is its opening
+                        alert = replace(alert, change=Change.OPENED)
                     history.append(alert)
                     # Show openings, escalations and resolutions; not every update.
-                    if (len(history) == 1 or alert["status"] == "resolved"
-                            or alert["severity"] != history[-2]["severity"]):
+                    if (alert.change is not Change.UPDATED
+                            or alert.severity != history[-2].severity):
                         progress.print(_line(alert))
     finally:
         await consumer.stop()
@@ -214,7 +218,7 @@ async def run_demo(out=sys.stdout) -> int:
         stop = asyncio.Event()
         detector = asyncio.create_task(serve(settings, stop))
         board = asyncio.create_task(serve_board(settings, stop))
-        incidents: dict[str, list[dict]] = {}
+        incidents: dict[str, list[Alert]] = {}
         progress = DemoProgress(out, incidents, int(SEASONAL_DEFAULTS["warmup_seconds"] * 1000))
         shower = asyncio.create_task(_show_alerts(bootstrap, settings.alerts_topic,
                                                   incidents, progress))
@@ -237,7 +241,7 @@ async def run_demo(out=sys.stdout) -> int:
         # Let the last buckets close and open incidents resolve, then stop.
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline and any(
-            h[-1]["status"] == "firing" for h in incidents.values()
+            h[-1].change is not Change.RESOLVED for h in incidents.values()
         ):
             await asyncio.sleep(0.2)
         await asyncio.sleep(1.0)
@@ -252,49 +256,38 @@ async def run_demo(out=sys.stdout) -> int:
     return 0
 
 
-def _summary(sent: int, outages, incidents: dict[str, list[dict]], seconds: float, out) -> None:
+def _summary(sent: int, outages, incidents: dict[str, list[Alert]], seconds: float,
+             out) -> None:
     """Each injected outage against the incidents, with two delays: `started`, from
     the incident's start (back-dated to its first anomalous bucket), and `paged`,
     from when its first firing message could go out (the end of that bucket), which
     is what an on-call engineer waits. An incident matching no outage is a false alert."""
     print(f"\nsummary: {sent:,} reports in {seconds:.0f}s, {len(incidents)} incidents", file=out)
-    for outage in outages:
-        caught = [h for h in incidents.values() if _matches(h, outage)]
+    spans = incident_spans(alert for history in incidents.values() for alert in history)
+    labels = [Label(o.service, o.region, o.start_ms, o.end_ms, o.shape, o.is_outage,
+                    o.peak_multiplier) for o in outages]
+    for outage, label in zip(outages, labels, strict=True):
+        caught = [span for span in spans if _matches(span, label)]
         if not caught:
             status = "ignored (not an outage)" if not outage.is_outage else "MISSED"
         else:
-            first = min(caught, key=lambda h: _ms(h[0]["bucket_start"]))[0]
-            started = (_ms(first["started_at"]) - outage.start_ms) / 60_000
-            paged = (_ms(first["bucket_start"]) + 1000 * first["bucket_seconds"]
-                     - outage.start_ms) / 60_000
-            worst = "critical" if any(a["severity"] == "critical" for h in caught for a in h) \
-                else "warning"
+            first = min(caught, key=lambda span: span.paged_ms or span.start_ms)
+            started = (first.start_ms - outage.start_ms) / 60_000
+            paged = ((first.paged_ms or first.start_ms) - outage.start_ms) / 60_000
+            worst = CRITICAL if any(span.severity == CRITICAL for span in caught) else WARNING
             status = (f"paged +{paged:.0f} min after it began (incident dated from "
                       f"{started:+.0f} min), {worst}")
             if not outage.is_outage:
                 status += "; a false alert, this was not an outage"
         print(f"  {outage.describe()}: {status}", file=out)
-    false = [h for h in incidents.values() if not any(_matches(h, o) for o in outages)]
-    for history in false:
-        first = history[0]
-        where = first["service"] + (f" in {first['region']}" if first["region"] else "")
-        print(f"  false alert: {where} {first['started_at'][:10]} {_clock(first['started_at'])}"
-              f" ({first['severity']}), matches no injected outage", file=out)
+    false = [span for span in spans if not any(_matches(span, label) for label in labels)]
+    for span in false:
+        where = span.service + (f" in {span.region}" if span.region else "")
+        print(f"  false alert: {where} {readable_minute(span.start_ms)}"
+              f" ({span.severity}), matches no injected outage", file=out)
     if not false:
         print("  false alerts: none, every incident matches an injected outage", file=out)
 
 
-def _matches(history: list[dict], outage) -> bool:
-    return history[0]["service"] == outage.service and _overlaps(history, outage)
-
-
-def _ms(iso: str) -> int:
-    from datetime import datetime
-
-    return int(datetime.fromisoformat(iso).timestamp() * 1000)
-
-
-def _overlaps(history: list[dict], outage) -> bool:
-    start = _ms(history[0]["started_at"])
-    end = _ms(history[-1]["ended_at"]) if history[-1]["ended_at"] else start
-    return start <= outage.end_ms and end >= outage.start_ms - 600_000
+def _matches(span: IncidentSpan, label: Label) -> bool:
+    return covers(span, label, lead_ms=MATCH_LEAD_MS)

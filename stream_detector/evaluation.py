@@ -1,21 +1,19 @@
-"""How good are the detections: NAB's standard-profile score, and outage-label evaluation.
-
-Two questions, one module:
+"""How good are the detections: NAB's standard-profile score, and per-series tallies.
 
 * `nab_*`: the Numenta Anomaly Benchmark's standard profile, as the data
   README of `shared/data/nab-realtweets` describes it. Per-row anomaly scores
   of several files, one threshold shared by all of them, and the threshold
   that maximises the summed score is found by an exact sweep.
-* `evaluate_incidents`: labelled outage windows against the incidents a
-  detector opened, per series and in total (recall, false incidents, how many
-  buckets after the outage began it was caught).
+* `SeriesEvaluation`: one series' outages, detections, false incidents and
+  delays, as `backtest.evaluate_labels` counts them (with `backtest.covers`,
+  the one rule of when an incident is about an outage).
 """
 
 from __future__ import annotations
 
 import bisect
 import math
-from collections.abc import Hashable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 # NAB standard profile weights.
@@ -254,74 +252,3 @@ class SeriesEvaluation:
     @property
     def recall(self) -> float:
         return self.detected / self.outages if self.outages else 1.0
-
-
-@dataclass
-class IncidentEvaluation:
-    series: dict[Hashable, SeriesEvaluation]
-
-    @property
-    def outages(self) -> int:
-        return sum(s.outages for s in self.series.values())
-
-    @property
-    def detected(self) -> int:
-        return sum(s.detected for s in self.series.values())
-
-    @property
-    def false_incidents(self) -> int:
-        return sum(s.false_incidents for s in self.series.values())
-
-    @property
-    def recall(self) -> float:
-        return self.detected / self.outages if self.outages else 1.0
-
-    @property
-    def delays(self) -> list[float]:
-        return sorted(d for s in self.series.values() for d in s.delays)
-
-    @property
-    def median_delay(self) -> float | None:
-        d = self.delays
-        if not d:
-            return None
-        mid = len(d) // 2
-        return d[mid] if len(d) % 2 else (d[mid - 1] + d[mid]) / 2
-
-
-def evaluate_incidents(
-    outages: Mapping[Hashable, Sequence[tuple[float, float]]],
-    incidents: Mapping[Hashable, Sequence[tuple[float, float]]],
-    bucket_seconds: float,
-) -> IncidentEvaluation:
-    """Compare labelled outages with opened incidents, series by series.
-
-    Both map a series key to `(start, end)` intervals in seconds, end
-    exclusive. An outage counts as detected when an incident overlaps it; the
-    delay is from the outage's start to the start of the first overlapping
-    incident, in buckets (0 if the incident was already open). An incident
-    that overlaps no outage of its series is a false incident.
-
-    >>> ev = evaluate_incidents(
-    ...     {"shop": [(600, 1200)], "bank": [(0, 300)]},
-    ...     {"shop": [(720, 900), (5000, 5060)]},
-    ...     bucket_seconds=60,
-    ... )
-    >>> ev.recall, ev.false_incidents, ev.series["shop"].delays
-    (0.5, 1, [2.0])
-    """
-    result: dict[Hashable, SeriesEvaluation] = {}
-    for key in set(outages) | set(incidents):
-        labelled = sorted(outages.get(key, ()))
-        opened = sorted(incidents.get(key, ()))
-        ev = SeriesEvaluation(outages=len(labelled))
-        for start, end in labelled:
-            hits = [s for s, e in opened if s < end and e > start]
-            if hits:
-                ev.detected += 1
-                ev.delays.append(max(0.0, (min(hits) - start) / bucket_seconds))
-        ev.false_incidents = sum(
-            1 for s, e in opened if not any(s < le and e > ls for ls, le in labelled)
-        )
-        result[key] = ev
-    return IncidentEvaluation(result)

@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import logging
 import sys
-from datetime import UTC, datetime
 from typing import TextIO
 
 import orjson
+
+from stream_detector.core.times import iso_millis
 
 FORMATS = ("auto", "json", "text")
 LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
@@ -32,17 +33,12 @@ def _extra_fields(record: logging.LogRecord) -> dict:
     }
 
 
-def _timestamp(record: logging.LogRecord) -> str:
-    moment = datetime.fromtimestamp(record.created, UTC)
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
-
-
 class JsonLineFormatter(logging.Formatter):
     """One JSON object per record: ts, level, logger, msg, then the `extra` fields."""
 
     def format(self, record: logging.LogRecord) -> str:
         line = {
-            "ts": _timestamp(record),
+            "ts": iso_millis(record.created),
             "level": record.levelname.lower(),
             "logger": record.name,
             "msg": record.getMessage(),
@@ -63,7 +59,7 @@ class TextFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         level = record.levelname.lower()
-        text = f"{_timestamp(record)} {level:<7} {record.name}: {record.getMessage()}"
+        text = f"{iso_millis(record.created)} {level:<7} {record.name}: {record.getMessage()}"
         extras = _extra_fields(record)
         if extras:
             text += " " + " ".join(f"{k}={v}" for k, v in extras.items())

@@ -22,12 +22,12 @@ import math
 import statistics
 import sys
 from collections.abc import Iterable, Iterator
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO
 
-from stream_detector.core.models import DEFAULT_MODEL, model_factory
+from stream_detector.core.models import DEFAULT_MODEL, model_spec
 from stream_detector.core.models.base import Scored, SeriesModel
+from stream_detector.core.times import parse_iso
 
 COLUMNS = ("timestamp", "value", "anomaly_score", "expected", "alert")
 DEFAULT_THRESHOLD = 0.99
@@ -53,12 +53,9 @@ def parse_timestamp(text: str) -> float:
     else:
         # Epoch milliseconds are told apart by size (1e11 s is the year 5138).
         return number / 1000.0 if abs(number) >= 1e11 else number
-    if text.endswith(("Z", "z")):
-        text = text[:-1] + "+00:00"
-    stamp = datetime.fromisoformat(text)
-    if stamp.tzinfo is None:
-        stamp = stamp.replace(tzinfo=UTC)
-    return stamp.timestamp()
+    if text.endswith("z"):
+        text = text[:-1] + "Z"
+    return parse_iso(text).timestamp()
 
 
 def read_series_csv(path: str | Path) -> list[tuple[str, float]]:
@@ -195,13 +192,12 @@ class _EitherWay:
 
 def build_model(name: str, bucket_seconds: float, direction: str = "up") -> SeriesModel:
     """A model of the registry that scores `direction` ("up", "down" or "both")."""
-    from stream_detector.core.models import DIRECTIONAL_MODELS
-
     if direction not in ("up", "down", "both"):
         raise ValueError(f"direction must be up, down or both, not {direction!r}")
-    if name in DIRECTIONAL_MODELS:
-        return DIRECTIONAL_MODELS[name](bucket_seconds, direction)
-    factory = model_factory(name)
+    spec = model_spec(name)
+    if spec.directional is not None:
+        return spec.directional(bucket_seconds, direction)
+    factory = spec.series
     if direction == "up":
         return factory(bucket_seconds)
     down = _Flipped(factory(bucket_seconds))

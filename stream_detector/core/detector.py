@@ -18,7 +18,13 @@ from stream_detector.core._counting import count_reports
 from stream_detector.core.buckets import BucketCounter
 from stream_detector.core.events import InvalidReport
 from stream_detector.core.evidence import EvidenceTest
-from stream_detector.core.incidents import RESOLVED, IncidentPolicy, IncidentTracker, SeriesKey
+from stream_detector.core.incidents import (
+    Alert,
+    Change,
+    IncidentPolicy,
+    IncidentTracker,
+    SeriesKey,
+)
 from stream_detector.core.models import DEFAULT_MODEL, ModelBank, Scored, model_bank
 from stream_detector.core.models.bank import BankScores
 from stream_detector.core.reporters import ReporterFilter
@@ -146,7 +152,7 @@ class ClosedBucket:
         self,
         start_ms: int,
         series: BucketSeries,
-        alerts: list[dict],
+        alerts: list[Alert],
         scored: BankScores,
         severities: dict[int, str],
     ):
@@ -281,7 +287,7 @@ class PartitionDetector:
         evidence, excess = self.evidence.update(series.rows, start, x, expected, spread)
         scored = BankScores(evidence, expected, spread)
         weights = np.ones(len(series.rows))
-        alerts: list[dict] = []
+        alerts: list[Alert] = []
         severities: dict[int, str] = {}
         # Incident rules in Python only for the few series where something can
         # happen: a score high enough to open, an open or pending incident.
@@ -324,7 +330,7 @@ class PartitionDetector:
             weights[i] = weight
             if alert is not None:
                 alerts.append(alert)
-                if alert["status"] == RESOLVED:
+                if alert.change is Change.RESOLVED:
                     self._reset_evidence(key)
             incident = open_.get(key)
             if incident is not None:

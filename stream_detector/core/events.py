@@ -9,7 +9,7 @@ timestamp, so a change to what is valid here must be made there too
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 
 import orjson
 
@@ -119,12 +119,3 @@ def _timestamp_ms(ts: object) -> int:
     if not MIN_TS_MS <= ts_ms < MAX_TS_MS:
         raise InvalidReport(BAD_TIMESTAMP, f"'ts' {ts_ms} is outside 2000..2100")
     return ts_ms
-
-
-def iso_utc(ms: int) -> str:
-    """Epoch milliseconds as ISO-8601 UTC with a `Z`, the format of every alert time.
-
-    >>> iso_utc(1767571200000)
-    '2026-01-05T00:00:00Z'
-    """
-    return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")

@@ -1,18 +1,25 @@
-"""Turning per-bucket scores into incidents: open, update, resolve.
+"""Turning per-bucket scores into incidents: open, update, resolve; and the alert.
 
 One outage should make one incident, opened early and resolved once, so the
 tracker has hysteresis: a high score opens, and only a run of calm buckets
 resolves. Severity only ever rises within an incident, so a page that went out
 as critical is never quietly downgraded.
+
+Each move of an incident is an `Alert`, made here and nowhere else: the
+Kafka message (`Alert.to_json`), the metric, the log line and Alertmanager's
+alert all read its fields.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import StrEnum
 
-from stream_detector.core.events import iso_utc
+import orjson
+
 from stream_detector.core.evidence import buckets_per_month
 from stream_detector.core.models.base import Scored
+from stream_detector.core.times import iso_ms, iso_utc
 
 WARNING = "warning"
 CRITICAL = "critical"
@@ -23,6 +30,111 @@ DAY_MS = 86_400_000
 
 # A series is a service (region None) or a service within one region.
 SeriesKey = tuple[str, str | None]
+
+
+class Change(StrEnum):
+    """What an alert says happened to its incident."""
+
+    OPENED = "opened"
+    UPDATED = "updated"
+    """Still firing, one bucket later (its severity may have risen)."""
+    RESOLVED = "resolved"
+
+
+def alert_id(service: str, region: str | None, start_ms: int) -> str:
+    # Stable across restarts and re-sends: downstream de-duplicates on it.
+    return f"{service}/{region or '*'}/{iso_utc(start_ms)}"
+
+
+@dataclass(frozen=True, slots=True)
+class Alert:
+    """One move of one incident, as the alerts topic carries it.
+
+    >>> a = Alert(Change.OPENED, "x", None, WARNING, 0, 120_000, 60_000, 20, 5.0, 1.0,
+    ...           (("US", 20),), ())
+    >>> a.alert_id, a.status
+    ('x/*/1970-01-01T00:00:00Z', 'firing')
+    >>> a.to_json()[:60]
+    b'{"alert_id":"x/*/1970-01-01T00:00:00Z","status":"firing","se'
+    >>> Alert.from_json(a.to_json(), opened=True) == a
+    True
+    """
+
+    change: Change
+    service: str
+    region: str | None
+    """The region of a regional incident; None for a service-wide one."""
+    severity: str
+    started_ms: int
+    """The incident's start: its first anomalous bucket."""
+    bucket_start_ms: int
+    """The bucket that made this alert."""
+    bucket_ms: int
+    reports: int
+    """Reports in that bucket."""
+    expected: float
+    score: float
+    regions: tuple[tuple[str, int], ...]
+    """The incident's top regions so far, most reports first."""
+    problems: tuple[tuple[str, int], ...]
+    ended_ms: int | None = None
+    """When a resolved incident ended: the start of its first calm bucket."""
+
+    @property
+    def alert_id(self) -> str:
+        return alert_id(self.service, self.region, self.started_ms)
+
+    @property
+    def status(self) -> str:
+        """`firing` or `resolved`, as the message says it."""
+        return RESOLVED if self.change is Change.RESOLVED else FIRING
+
+    @property
+    def bucket_end_ms(self) -> int:
+        """When this alert could go out at the earliest: the end of its bucket."""
+        return self.bucket_start_ms + self.bucket_ms
+
+    def to_json(self) -> bytes:
+        """The message on the alerts topic (README: "the alert contract")."""
+        return orjson.dumps({
+            "alert_id": self.alert_id,
+            "status": self.status,
+            "service": self.service,
+            "region": self.region,
+            "severity": self.severity,
+            "started_at": iso_utc(self.started_ms),
+            "ended_at": None if self.ended_ms is None else iso_utc(self.ended_ms),
+            "bucket_start": iso_utc(self.bucket_start_ms),
+            "bucket_seconds": self.bucket_ms // 1000,
+            "reports": self.reports,
+            "expected": self.expected,
+            "score": self.score,
+            "regions": self.regions,
+            "problems": self.problems,
+        })
+
+    @classmethod
+    def from_json(cls, raw: bytes, opened: bool = False) -> Alert:
+        """A message read back from the alerts topic.
+
+        The message says firing or resolved; whether a firing one opened its
+        incident only its reader knows (the first one it saw of that
+        `alert_id`), and says so with `opened`.
+        """
+        doc = orjson.loads(raw)
+        if doc["status"] == RESOLVED:
+            change = Change.RESOLVED
+        else:
+            change = Change.OPENED if opened else Change.UPDATED
+        ended = doc.get("ended_at")
+        return cls(
+            change, doc["service"], doc.get("region"), doc["severity"],
+            iso_ms(doc["started_at"]), iso_ms(doc["bucket_start"]),
+            int(doc["bucket_seconds"]) * 1000, doc["reports"], doc["expected"], doc["score"],
+            tuple((name, n) for name, n in doc.get("regions") or ()),
+            tuple((name, n) for name, n in doc.get("problems") or ()),
+            None if ended is None else iso_ms(ended),
+        )
 
 
 @dataclass(frozen=True)
@@ -97,8 +209,7 @@ class Incident:
 
     @property
     def alert_id(self) -> str:
-        # Stable across restarts and re-sends: downstream de-duplicates on it.
-        return f"{self.service}/{self.region or '*'}/{iso_utc(self.start_ms)}"
+        return alert_id(self.service, self.region, self.start_ms)
 
 
 class IncidentTracker:
@@ -106,11 +217,11 @@ class IncidentTracker:
 
     >>> t = IncidentTracker(IncidentPolicy(calm_buckets=2))
     >>> alert, _ = t.observe(("x", None), 0, 60_000, 20, Scored(1.0, 5.0, 2.0), {}, {})
-    >>> alert["status"], alert["severity"], alert["alert_id"]
-    ('firing', 'warning', 'x/*/1970-01-01T00:00:00Z')
-    >>> [t.observe(("x", None), m, 60_000, 5, Scored(0.1, 5.0, 2.0), {}, {})[0]["status"]
+    >>> alert.change, alert.severity, alert.alert_id
+    (<Change.OPENED: 'opened'>, 'warning', 'x/*/1970-01-01T00:00:00Z')
+    >>> [t.observe(("x", None), m, 60_000, 5, Scored(0.1, 5.0, 2.0), {}, {})[0].change.value
     ...  for m in (60_000, 120_000)]
-    ['firing', 'resolved']
+    ['updated', 'resolved']
     """
 
     def __init__(self, policy: IncidentPolicy):
@@ -135,16 +246,17 @@ class IncidentTracker:
         problems: dict[str, int],
         may_open: bool = True,
         excess_reports: float | None = None,
-    ) -> tuple[dict | None, float]:
+    ) -> tuple[Alert | None, float]:
         """Account one closed bucket of one series.
 
         `scored.score` is the bucket's evidence score; `excess_reports` the
         reports behind that evidence (by default those of the run of
-        anomalous buckets ending here). Returns the alert message to
-        publish, if any, and how much the model may learn from this bucket.
+        anomalous buckets ending here). Returns the alert to publish, if
+        any, and how much the model may learn from this bucket.
         """
         policy = self.policy
         incident = self.open.get(key)
+        change = Change.UPDATED
         if incident is None:
             # The evidence may rest on many recent buckets; the bucket itself
             # must be above the normal band too, or the tail of a resolved
@@ -171,6 +283,7 @@ class IncidentTracker:
             # It started with the run of anomalous buckets that the page ends.
             incident = Incident(key[0], key[1], first_ms, WARNING)
             self.open[key] = incident
+            change = Change.OPENED
 
         incident.buckets += 1
         _add_counts(incident.regions, regions)
@@ -187,14 +300,13 @@ class IncidentTracker:
             self.resolved[key] = bucket_start_ms
             ended_ms = bucket_start_ms - (policy.calm_buckets - 1) * bucket_ms
             self._remember(key, incident.start_ms, ended_ms)
-            alert = self._message(incident, RESOLVED, bucket_start_ms, bucket_ms, reports, scored)
-            alert["ended_at"] = iso_utc(ended_ms)
-            return alert, 1.0
+            return self._alert(incident, Change.RESOLVED, bucket_start_ms, bucket_ms, reports,
+                               scored, ended_ms), 1.0
 
         weight = self._anomaly_weight(key, bucket_start_ms)
         if incident.buckets > policy.relearn_after_buckets:
             weight = max(weight, policy.relearn_weight)
-        return self._message(incident, FIRING, bucket_start_ms, bucket_ms, reports, scored), weight
+        return self._alert(incident, change, bucket_start_ms, bucket_ms, reports, scored), weight
 
     def _anomaly_weight(self, key: SeriesKey, bucket_start_ms: int) -> float:
         """How much the model learns from an anomalous bucket: nothing, unless it recurs."""
@@ -253,33 +365,24 @@ class IncidentTracker:
         del self.resolved[key]
         return False
 
-    def _message(
+    def _alert(
         self,
         incident: Incident,
-        status: str,
+        change: Change,
         bucket_start_ms: int,
         bucket_ms: int,
         reports: int,
         scored: Scored,
-    ) -> dict:
+        ended_ms: int | None = None,
+    ) -> Alert:
         top_n = self.policy.top_n
-        return {
-            "alert_id": incident.alert_id,
-            "status": status,
-            "service": incident.service,
-            "region": incident.region,
-            "severity": incident.severity,
-            "started_at": iso_utc(incident.start_ms),
-            "ended_at": None,
-            "bucket_start": iso_utc(bucket_start_ms),
-            "bucket_seconds": bucket_ms // 1000,
-            "reports": reports,
+        return Alert(
+            change, incident.service, incident.region, incident.severity, incident.start_ms,
+            bucket_start_ms, bucket_ms, reports,
             # Rounded so that a re-sent alert after a restart is byte-for-byte the same.
-            "expected": round(scored.expected, 2),
-            "score": round(scored.score, 4),
-            "regions": _top(incident.regions, top_n),
-            "problems": _top(incident.problems, top_n),
-        }
+            round(scored.expected, 2), round(scored.score, 4),
+            _top(incident.regions, top_n), _top(incident.problems, top_n), ended_ms,
+        )
 
 
     def state(self) -> dict:
@@ -318,6 +421,5 @@ def _add_counts(into: dict[str, int], counts: dict[str, int]) -> None:
         into[name] = into.get(name, 0) + n
 
 
-def _top(counts: dict[str, int], n: int) -> list[list]:
-    ranked = sorted(counts.items(), key=lambda item: (-item[1], item[0]))[:n]
-    return [[name, count] for name, count in ranked]
+def _top(counts: dict[str, int], n: int) -> tuple[tuple[str, int], ...]:
+    return tuple(sorted(counts.items(), key=lambda item: (-item[1], item[0]))[:n])

@@ -18,8 +18,12 @@ import logging
 import urllib.error
 import urllib.request
 from collections import deque
+from dataclasses import replace
 
 import orjson
+
+from stream_detector.core.incidents import CRITICAL, WARNING, Alert, Change
+from stream_detector.core.times import iso_utc
 
 log = logging.getLogger("stream_detector")
 
@@ -31,15 +35,12 @@ class AlertmanagerError(RuntimeError):
     """Alertmanager could not be reached or refused the alerts; the message names the URL."""
 
 
-def to_alertmanager(alert: dict, generator_url: str | None = None) -> dict:
-    """One alert message from the alerts topic as an Alertmanager v2 alert.
+def to_alertmanager(alert: Alert, generator_url: str | None = None) -> dict:
+    """One alert as an Alertmanager v2 alert.
 
-    >>> am = to_alertmanager({
-    ...     "alert_id": "shop/*/2024-05-01T12:00:00Z", "status": "firing", "service": "shop",
-    ...     "region": None, "severity": "warning", "started_at": "2024-05-01T12:00:00Z",
-    ...     "ended_at": None, "bucket_start": "2024-05-01T12:03:00Z", "bucket_seconds": 60,
-    ...     "reports": 120, "expected": 8.5, "score": 0.9995,
-    ...     "regions": [["US", 100], ["GB", 20]], "problems": [["login", 90]]})
+    >>> am = to_alertmanager(Alert(
+    ...     Change.UPDATED, "shop", None, "warning", 1714564800000, 1714564980000, 60_000,
+    ...     120, 8.5, 0.9995, (("US", 100), ("GB", 20)), (("login", 90),)))
     >>> am["labels"]["alertname"], am["labels"]["severity"], "endsAt" in am
     ('ServiceOutage', 'warning', False)
     >>> am["annotations"]["regions"]
@@ -47,48 +48,47 @@ def to_alertmanager(alert: dict, generator_url: str | None = None) -> dict:
     """
     labels = {
         "alertname": ALERTNAME,
-        "service": str(alert["service"]),
-        "severity": str(alert["severity"]),
-        "alert_id": str(alert["alert_id"]),
+        "service": alert.service,
+        "severity": alert.severity,
+        "alert_id": alert.alert_id,
     }
     # A service-wide incident has no region label at all (rather than an empty
     # one), so routes and inhibitions can match on its absence.
-    if alert.get("region") is not None:
-        labels["region"] = str(alert["region"])
+    if alert.region is not None:
+        labels["region"] = alert.region
 
-    where = f" in {alert['region']}" if alert.get("region") is not None else ""
+    where = f" in {alert.region}" if alert.region is not None else ""
+    bucket_start = iso_utc(alert.bucket_start_ms)
     summary = (
-        f"{alert['service']}{where}: {alert['reports']} problem reports in the "
-        f"{alert['bucket_seconds']}s bucket from {alert['bucket_start']}, "
-        f"expected about {alert['expected']}"
+        f"{alert.service}{where}: {alert.reports} problem reports in the "
+        f"{alert.bucket_ms // 1000}s bucket from {bucket_start}, "
+        f"expected about {alert.expected}"
     )
     annotations = {
         "summary": summary,
-        "reports": str(alert["reports"]),
-        "expected": str(alert["expected"]),
-        "score": str(alert["score"]),
-        "bucket_start": str(alert["bucket_start"]),
-        "regions": _format_top(alert.get("regions") or []),
-        "problems": _format_top(alert.get("problems") or []),
+        "reports": str(alert.reports),
+        "expected": str(alert.expected),
+        "score": str(alert.score),
+        "bucket_start": bucket_start,
+        "regions": _format_top(alert.regions),
+        "problems": _format_top(alert.problems),
     }
     mapped: dict = {
         "labels": labels,
         "annotations": annotations,
-        "startsAt": alert["started_at"],
+        "startsAt": iso_utc(alert.started_ms),
     }
-    if alert["status"] == "resolved":
-        if not alert.get("ended_at"):
-            raise ValueError(f"resolved alert {alert['alert_id']} has no ended_at")
-        mapped["endsAt"] = alert["ended_at"]
-    elif alert["status"] != "firing":
-        raise ValueError(f"alert {alert['alert_id']} has unknown status {alert['status']!r}")
+    if alert.change is Change.RESOLVED:
+        if alert.ended_ms is None:
+            raise ValueError(f"resolved alert {alert.alert_id} has no end")
+        mapped["endsAt"] = iso_utc(alert.ended_ms)
     if generator_url:
         mapped["generatorURL"] = generator_url
     return mapped
 
 
-def alertmanager_payload(alerts: list[dict], generator_url: str | None = None) -> list[dict]:
-    """The body to POST for a batch of alert messages.
+def alertmanager_payload(alerts: list[Alert], generator_url: str | None = None) -> list[dict]:
+    """The body to POST for a batch of alerts.
 
     Severity only rises within an incident, and it is a label, so a warning
     that became critical is a different alert to Alertmanager. Every critical
@@ -97,28 +97,22 @@ def alertmanager_payload(alerts: list[dict], generator_url: str | None = None) -
     critical one resolved. Resolving an alert Alertmanager never notified
     about sends nothing.
 
-    >>> critical = {
-    ...     "alert_id": "a/*/2024-05-01T12:00:00Z", "status": "firing", "service": "a",
-    ...     "region": None, "severity": "critical", "started_at": "2024-05-01T12:00:00Z",
-    ...     "ended_at": None, "bucket_start": "2024-05-01T12:05:00Z", "bucket_seconds": 60,
-    ...     "reports": 900, "expected": 10.0, "score": 1.0, "regions": [], "problems": []}
+    >>> critical = Alert(Change.UPDATED, "a", None, "critical", 1714564800000,
+    ...                  1714565100000, 60_000, 900, 10.0, 1.0, (), ())
     >>> [(a["labels"]["severity"], a.get("endsAt")) for a in alertmanager_payload([critical])]
     [('critical', None), ('warning', '2024-05-01T12:05:00Z')]
     """
     payload = []
     for alert in alerts:
         payload.append(to_alertmanager(alert, generator_url))
-        if alert["severity"] == "critical":
-            warning = to_alertmanager(
-                {**alert, "severity": "warning", "status": "resolved",
-                 "ended_at": alert.get("ended_at") or alert["bucket_start"]},
-                generator_url,
-            )
-            payload.append(warning)
+        if alert.severity == CRITICAL:
+            ended = alert.ended_ms if alert.ended_ms is not None else alert.bucket_start_ms
+            warning = replace(alert, severity=WARNING, change=Change.RESOLVED, ended_ms=ended)
+            payload.append(to_alertmanager(warning, generator_url))
     return payload
 
 
-def _format_top(counts: list) -> str:
+def _format_top(counts: tuple[tuple[str, int], ...]) -> str:
     return ", ".join(f"{name} {count}" for name, count in counts)
 
 
@@ -135,7 +129,7 @@ class AlertmanagerClient:
         self.timeout = timeout
         self.generator_url = generator_url
 
-    async def push(self, alerts: list[dict]) -> None:
+    async def push(self, alerts: list[Alert]) -> None:
         """Send the alerts; raise `AlertmanagerError` if they were not accepted."""
         if not alerts:
             return
@@ -178,14 +172,14 @@ class AlertmanagerForwarder:
         self.client = client
         self.max_pending = max_pending
         self.batch_size = batch_size
-        self.pending: deque[dict] = deque()
+        self.pending: deque[Alert] = deque()
         self.wakeup = asyncio.Event()
         self.failures = 0
 
-    def offer(self, alert: dict) -> None:
+    def offer(self, alert: Alert) -> None:
         if len(self.pending) >= self.max_pending:
             for i, queued in enumerate(self.pending):
-                if queued["status"] == "firing":
+                if queued.change is not Change.RESOLVED:
                     del self.pending[i]
                     break
         self.pending.append(alert)

@@ -61,6 +61,10 @@ class Position:
 
 
 class SnapshotStore(Protocol):
+    async def ensure_topic(self, partitions: int) -> None:
+        """Make the store ready for `partitions` partitions (a changelog topic: create it)."""
+        ...
+
     async def save(
         self, partition: int, data: bytes, offset: int, mark: str | None = None
     ) -> None:

@@ -57,7 +57,7 @@ def build_consumer(settings: Settings) -> AIOKafkaConsumer:
         enable_auto_commit=False,
         # No silent reset: a position outside the log raises, and the loop
         # restarts that partition from the earliest offset, loudly
-        # (DetectorService.reset_partition); a partition with no committed
+        # (OwnedPartitions.reset); a partition with no committed
         # offset is sought to its beginning on assign.
         auto_offset_reset="none",
         **CONSUMER_FETCH,

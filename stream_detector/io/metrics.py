@@ -21,7 +21,7 @@ from prometheus_client.registry import Collector
 from stream_detector import __version__
 from stream_detector.core.detector import OUTCOMES, ClosedBucket
 from stream_detector.core.events import REASONS
-from stream_detector.core.incidents import CRITICAL
+from stream_detector.core.incidents import CRITICAL, Alert
 from stream_detector.core.tally import SeriesIndex
 
 # Recent volume decays by this factor per closed bucket, so the top-N follows
@@ -108,8 +108,8 @@ class DetectorMetrics:
             self.services.observe(bucket, partition)
         self.incidents_open.set(self.services.firing_count())
 
-    def observe_alert(self, alert: dict, latency_seconds: float) -> None:
-        self.alerts.labels(alert["status"], alert["severity"]).inc()
+    def observe_alert(self, alert: Alert, latency_seconds: float) -> None:
+        self.alerts.labels(alert.status, alert.severity).inc()
         self.detection_latency.observe(max(latency_seconds, 0.0))
 
     def exposition(self) -> bytes:

@@ -1,7 +1,11 @@
 """Everything the detector sends, held until the broker confirms it.
 
 A `Publisher` owns the outgoing records of the consume loop: alerts and dead
-letters. `send` never raises into the loop: a record the producer refuses or
+letters. An alert goes out as `Alert.to_json()`, keyed by its service; the
+same alert is counted in the metrics, logged once when its incident opens or
+resolves (never per update), and handed to the alert hook (Alertmanager).
+
+Sending never raises into the loop: a record the producer refuses or
 fails to deliver stays pending, and `deliver` sends it again with a growing
 backoff until the broker takes it or the delivery budget is spent. Only then
 may a checkpoint commit the offsets behind those records (see
@@ -21,8 +25,9 @@ too_large` and its original size in `original.size`.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -30,10 +35,15 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError, KafkaTimeoutError, MessageSizeTooLargeError
 
 from stream_detector.core.events import TOO_LARGE
+from stream_detector.core.incidents import Alert, Change
 
 if TYPE_CHECKING:
     from stream_detector.core.events import InvalidReport
     from stream_detector.io.metrics import DetectorMetrics
+
+log = logging.getLogger("stream_detector")
+
+AlertHook = Callable[[Alert], Awaitable[None]]
 
 # The largest dead-letter value stored whole. Half of aiokafka's default
 # max_request_size and of Kafka's default message.max.bytes, so the value, its
@@ -115,21 +125,41 @@ class Publisher:
         producer: AIOKafkaProducer,
         metrics: DetectorMetrics,
         delivery_timeout: float,
+        alerts_topic: str,
+        dlq_topic: str,
+        on_alert: AlertHook | None = None,
         clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
         sleep: Callable[[float], object] = asyncio.sleep,
     ):
         self.producer = producer
         self.metrics = metrics
         self.delivery_timeout = delivery_timeout
+        self.alerts_topic = alerts_topic
+        self.dlq_topic = dlq_topic
+        self.on_alert = on_alert
         self.clock = clock
+        self.wall_clock = wall_clock
         self.sleep = sleep
         self.outgoing: list[Outgoing] = []
 
-    async def send_alert(self, topic: str, value: bytes, key: bytes) -> None:
-        await self._send(Outgoing("alert", topic, value, key))
+    async def publish_alert(self, alert: Alert) -> None:
+        """Send `alert`, count it, log an opening or a resolve, and hand it to the hook."""
+        await self._send(Outgoing("alert", self.alerts_topic, alert.to_json(),
+                                  alert.service.encode()))
+        # From the end of the bucket that moved the incident to now.
+        self.metrics.observe_alert(alert, self.wall_clock() - alert.bucket_end_ms / 1000)
+        if alert.change is not Change.UPDATED:
+            log.info("incident %s", alert.change.value, extra={
+                "alert_id": alert.alert_id, "service": alert.service, "region": alert.region,
+                "severity": alert.severity, "reports": alert.reports,
+                "expected": alert.expected, "score": alert.score,
+            })
+        if self.on_alert is not None:
+            await self.on_alert(alert)
 
-    async def send_dead_letter(self, topic: str, msg, exc: InvalidReport) -> None:
-        record = dead_letter_record(topic, msg, exc)
+    async def send_dead_letter(self, msg, exc: InvalidReport) -> None:
+        record = dead_letter_record(self.dlq_topic, msg, exc)
         await self._send(record)
         self.metrics.dlq.labels(TOO_LARGE if record.original_size else exc.reason).inc()
 

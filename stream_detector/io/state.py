@@ -73,6 +73,9 @@ class LocalSnapshotStore:
             ) from None
         self.generation: dict[int, int] = {}
 
+    async def ensure_topic(self, partitions: int) -> None:
+        """Nothing to create: the directory exists since the store was made."""
+
     async def load(self, partition: int, committed: int | None) -> StoredSnapshot | None:
         found = []
         for slot in (0, 1):

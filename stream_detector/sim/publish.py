@@ -6,13 +6,14 @@ import asyncio
 import contextlib
 import math
 from collections.abc import Iterable
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
 
 import orjson
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
+
+from stream_detector.core.times import readable_minute
 
 PROGRESS_EVERY = 100_000
 # Delivery results are checked this often, which also bounds the memory they hold.
@@ -47,8 +48,7 @@ def write_jsonl(
 
 
 def _show(progress: IO[str], n: int, ts_ms: int) -> None:
-    when = datetime.fromtimestamp(ts_ms / 1000, UTC).strftime("%Y-%m-%d %H:%MZ")
-    progress.write(f"\r{n:,} reports, simulated time {when}")
+    progress.write(f"\r{n:,} reports, simulated time {readable_minute(ts_ms)}")
     progress.flush()
 
 

@@ -10,11 +10,12 @@ from __future__ import annotations
 import random
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import orjson
+
+from stream_detector.core.times import iso_utc
 
 if TYPE_CHECKING:
     from stream_detector.sim.traffic import ServiceProfile
@@ -113,7 +114,7 @@ class Outage:
         minutes = (self.end_ms - self.start_ms) / MINUTE_MS
         kind = "" if self.is_outage else "  (not an outage)"
         return (
-            f"{self.shape:<8} {where:<24} {_iso(self.start_ms)} -> {_iso(self.end_ms)} "
+            f"{self.shape:<8} {where:<24} {iso_utc(self.start_ms)} -> {iso_utc(self.end_ms)} "
             f"({minutes:.0f} min)  peak x{self.peak_multiplier:,.1f}, "
             f"ramp {self.ramp_ms / MINUTE_MS:.0f} min{kind}"
         )
@@ -122,8 +123,8 @@ class Outage:
         return {
             "service": self.service,
             "region": self.region,
-            "start": _iso(self.start_ms),
-            "end": _iso(self.end_ms),
+            "start": iso_utc(self.start_ms),
+            "end": iso_utc(self.end_ms),
             "shape": self.shape,
             "peak_multiplier": round(self.peak_multiplier, 3),
             "is_outage": self.is_outage,
@@ -138,10 +139,6 @@ def weekday(ts_ms: int) -> int:
     """
     # Day 0 of the epoch was a Thursday.
     return (ts_ms // DAY_MS + 3) % 7
-
-
-def _iso(ms: int) -> str:
-    return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def write_labels(outages: Iterable[Outage], path: str | Path) -> None:

@@ -11,6 +11,7 @@ import sys
 import urllib.error
 import urllib.request
 
+import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from prometheus_client.parser import text_string_to_metric_families
@@ -157,9 +158,11 @@ def replay_settings(bootstrap: str, unique: str, **overrides) -> Settings:
 
 
 def offline_alerts(reports: list[dict], settings: Settings) -> list[dict]:
-    """The alerts `backtest --events` makes of `reports` with these settings."""
+    """The alerts `backtest --events` makes of `reports` with these settings, as a
+    reader of the alerts topic decodes them."""
     values, _ = encode(reports)
-    return [a for b in replay_events(iter(values), settings.detector_config()) for a in b.alerts]
+    return [orjson.loads(a.to_json())
+            for b in replay_events(iter(values), settings.detector_config()) for a in b.alerts]
 
 
 @contextlib.asynccontextmanager

@@ -145,8 +145,8 @@ async def test_broker_hang_turns_health_red_then_green_and_loses_nothing(own_bro
     assert metrics[("stream_detector_kafka_connected", ())] == 1
 
     online = [orjson.loads(m.value) for m in messages]
-    offline = [a for b in replay_events(iter(values), settings.detector_config())
-               for a in b.alerts]
+    offline = [orjson.loads(a.to_json())
+               for b in replay_events(iter(values), settings.detector_config()) for a in b.alerts]
     resolved_online = {(a["alert_id"], a["started_at"], a["ended_at"])
                        for a in online if a["status"] == "resolved"}
     resolved_offline = {(a["alert_id"], a["started_at"], a["ended_at"])

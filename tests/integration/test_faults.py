@@ -15,9 +15,10 @@ import random
 import orjson
 import pytest
 
+from stream_detector.core.incidents import Alert
 from stream_detector.embedded import EmbeddedBroker, free_port
-from stream_detector.io.kafka import DetectorService
 from stream_detector.io.publisher import DLQ_MAX_VALUE
+from stream_detector.io.service import DetectorService
 from tests.conftest import wait_for
 from tests.integration.kafka_helpers import (
     MINUTE,
@@ -87,7 +88,7 @@ async def test_oversized_messages_go_to_the_dlq_and_what_follows_is_counted(brok
                   max_request_size=8 * 1024 * 1024)
 
     service = DetectorService(settings)
-    await run_service(service, lambda: service.messages_seen == len(values))
+    await run_service(service, lambda: service.state.messages_seen == len(values))
 
     dead = await read_all(broker.bootstrap_servers, settings.dlq_topic, lambda m: len(m) >= 2)
     assert len(dead) == 2
@@ -125,7 +126,7 @@ async def test_writes_refused_for_30s_lose_no_alert_and_count_nothing_twice(uniq
                 assert not task.done(), "the detector stopped while writes were refused"
                 proxy.refuse_produce = False
                 alerts = await read_all(bootstrap, settings.alerts_topic, resolved, timeout=120)
-                await wait_for(lambda: service.messages_seen == len(reports), 60)
+                await wait_for(lambda: service.state.messages_seen == len(reports), 60)
             finally:
                 stop.set()
             await asyncio.wait_for(task, 60)
@@ -151,9 +152,9 @@ async def test_a_loop_that_fails_stores_no_snapshot_after_the_failure(broker, un
 
     at_failure: list[list[bytes]] = []
 
-    async def fail_on_first_alert(alert: dict) -> None:
+    async def fail_on_first_alert(alert: Alert) -> None:
         at_failure.append(stored())
-        raise AlertHookFailed(alert["alert_id"])
+        raise AlertHookFailed(alert.alert_id)
 
     failing = DetectorService(settings, on_alert=fail_on_first_alert)
     with pytest.raises(AlertHookFailed):
@@ -164,8 +165,8 @@ async def test_a_loop_that_fails_stores_no_snapshot_after_the_failure(broker, un
 
     # The restart replays from the last checkpoint: nothing lost, nothing twice.
     second = DetectorService(settings)
-    await run_service(second, lambda: second.messages_seen > 0 and second.positions and
-                      next(iter(second.positions.values())).offset == len(reports))
+    await run_service(second, lambda: second.state.messages_seen > 0 and second.state.positions and
+                      next(iter(second.state.positions.values())).offset == len(reports))
     alerts = await read_all(broker.bootstrap_servers, settings.alerts_topic, resolved)
     assert distinct(alerts) == as_sent(offline_alerts(reports, settings)) != set()
     assert stored() != at_failure[0]  # the healthy run did checkpoint
@@ -189,10 +190,10 @@ async def test_a_broker_restarted_empty_is_detected_and_every_new_report_counted
     try:
         await create_topic(settings.bootstrap_servers, settings.reports_topic, 1)
         await produce(settings.bootstrap_servers, settings.reports_topic, old, keys[:len(old)])
-        await wait_for(lambda: service.messages_seen == len(old), 60)
+        await wait_for(lambda: service.state.messages_seen == len(old), 60)
         await wait_for(lambda: at_least(committed_total(settings), 1), 30)
-        (partition,) = [p for p, d in service.detectors.items() if len(d.bank)]
-        learned = service.detectors[partition]
+        (partition,) = [p for p, d in service.state.detectors.items() if len(d.bank)]
+        learned = service.state.detectors[partition]
 
         # The broker comes back with nothing: no topics, no groups, no offsets.
         first.stop()
@@ -200,8 +201,8 @@ async def test_a_broker_restarted_empty_is_detected_and_every_new_report_counted
         try:
             await create_topic(settings.bootstrap_servers, settings.reports_topic, 1)
             await produce(settings.bootstrap_servers, settings.reports_topic, new, keys)
-            await wait_for(lambda: service.messages_seen == len(old) + len(new) or task.done(),
-                           120)
+            await wait_for(
+                lambda: service.state.messages_seen == len(old) + len(new) or task.done(), 120)
             assert not task.done(), "the detector stopped"
             # Committed in the new cluster: exactly its log, not the old offsets.
             await wait_for(lambda: at_least(committed_total(settings), len(new)), 60)
@@ -219,5 +220,5 @@ async def test_a_broker_restarted_empty_is_detected_and_every_new_report_counted
     assert service.metrics.offset_resets.labels(str(partition))._value.get() >= 1
     # offset_reset_state = keep: the baselines learned before the reset go on,
     # through the rebalance the new cluster brought.
-    assert service.detectors[partition] is learned
+    assert service.state.detectors[partition] is learned
     assert not [r for r in caplog.records if r.exc_info or r.levelno >= logging.ERROR]

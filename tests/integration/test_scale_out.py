@@ -195,8 +195,8 @@ async def test_processes_join_and_leave_and_incidents_match_one_detector(
 
     online = [orjson.loads(m.value) for m in messages]
     values, _ = encode(reports)
-    offline = [a for b in replay_events(iter(values), settings.detector_config())
-               for a in b.alerts]
+    offline = [orjson.loads(a.to_json())
+               for b in replay_events(iter(values), settings.detector_config()) for a in b.alerts]
 
     assert incidents(offline) != set()
     assert set(OUTAGED) <= {a["service"] for a in offline}

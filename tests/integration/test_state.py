@@ -9,7 +9,7 @@ import signal
 import orjson
 import pytest
 
-from stream_detector.io.kafka import DetectorService, StateUnusable
+from stream_detector.io.service import DetectorService, StateUnusable
 from tests.conftest import wait_for
 from tests.integration.kafka_helpers import (
     MINUTE,
@@ -44,7 +44,7 @@ async def run_until(settings, condition) -> DetectorService:
 
 def models_of(service: DetectorService, key: tuple) -> list:
     """The (per-series EWMA) model of series `key` in each partition that holds it."""
-    detectors = service.detectors.values()
+    detectors = service.state.detectors.values()
     return [d.bank.models[d.row_of(key)] for d in detectors if d.row_of(key) is not None]
 
 
@@ -53,7 +53,7 @@ async def test_restart_continues_from_learned_state(broker, unique):
     reports = traffic(random.Random(21), 120, outage=range(0))
     await produce(broker.bootstrap_servers, settings.reports_topic, *encode(reports))
 
-    first = await run_until(settings, lambda s: s.messages_seen == len(reports))
+    first = await run_until(settings, lambda s: s.state.messages_seen == len(reports))
     t = (T0 + 119 * MINUTE) / 1000
     (before,) = models_of(first, ("x", None))
     expected_before = before.score_one(t, 0).expected
@@ -64,14 +64,14 @@ async def test_restart_continues_from_learned_state(broker, unique):
     assert len(restored) == 1
     assert restored[0].score_one(t, 0).expected == expected_before
     assert restored[0].seen == before.seen  # no second warm-up
-    assert second.messages_seen == 0  # nothing re-read: it resumed at the committed offset
+    assert second.state.messages_seen == 0  # nothing re-read: it resumed at the committed offset
 
 
 async def test_incompatible_state_is_refused_with_the_setting_named(broker, unique):
     settings = settings_for(broker, unique)
     reports = traffic(random.Random(4), 10, outage=range(0))
     await produce(broker.bootstrap_servers, settings.reports_topic, *encode(reports))
-    await run_until(settings, lambda s: s.messages_seen == len(reports))
+    await run_until(settings, lambda s: s.state.messages_seen == len(reports))
 
     wider = settings_for(broker, unique, bucket="120s")
     with pytest.raises(StateUnusable, match="state_topic.*120s"):

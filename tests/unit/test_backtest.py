@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from pathlib import Path
 
 import orjson
@@ -18,14 +17,13 @@ from stream_detector.backtest import (
 )
 from stream_detector.cli import main
 from stream_detector.core.detector import DetectorConfig
+from stream_detector.core.incidents import CRITICAL, Change
+from stream_detector.core.times import iso_utc as iso
+from tests.alerts import make_alert
 
 T0 = 1_767_571_200_000  # 2026-01-05T00:00Z
 MIN = 60_000
 HOURS = 4
-
-
-def iso(ms: int) -> str:
-    return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def per_minute(service: str, minute: int) -> int:
@@ -87,8 +85,9 @@ def test_label_evaluation_has_the_known_answer(tmp_path):
     assert ev.delays == [2.0]
     # Paged at the end of the bucket of the incident's first firing message,
     # which is at the earliest the end of the incident's first bucket.
-    first_firing = next(a for a in run.alerts if a["service"] == "shop")
-    paged = (_ms(first_firing["bucket_start"]) + MIN - (T0 + 148 * MIN)) / MIN
+    first_firing = next(a for a in run.alerts if a.service == "shop")
+    assert first_firing.change is Change.OPENED
+    paged = (first_firing.bucket_end_ms - (T0 + 148 * MIN)) / MIN
     assert ev.page_delays == [paged] and paged >= 3.0
     assert ev.series["shop"].recall == 1.0 and ev.series["bank"].recall == 0.0
     assert ev.series["chat"].false_incidents == 1
@@ -100,19 +99,16 @@ def test_label_evaluation_has_the_known_answer(tmp_path):
     assert 40 < ev.nab_normalized < 50
 
 
-def _ms(iso_text: str) -> int:
-    return int(datetime.fromisoformat(iso_text.replace("Z", "+00:00")).timestamp() * 1000)
-
-
 def test_page_delay_is_the_end_of_the_first_firing_bucket():
-    def alert(status, bucket_minute, started_minute=10):
-        return {"alert_id": "x/*/a", "status": status, "service": "x", "region": None,
-                "severity": "critical", "started_at": iso(T0 + started_minute * MIN),
-                "ended_at": iso(T0 + 20 * MIN) if status == "resolved" else None,
-                "bucket_start": iso(T0 + bucket_minute * MIN), "bucket_seconds": 60}
+    def alert(change, bucket_minute, started_minute=10):
+        return make_alert(change=change, service="x", severity=CRITICAL,
+                          started_ms=T0 + started_minute * MIN,
+                          ended_ms=T0 + 20 * MIN if change is Change.RESOLVED else None,
+                          bucket_start_ms=T0 + bucket_minute * MIN)
 
     # Back-dated to minute 10, first sent with the bucket of minute 13.
-    spans = incident_spans([alert("firing", 13), alert("firing", 14), alert("resolved", 24)])
+    spans = incident_spans([alert(Change.OPENED, 13), alert(Change.UPDATED, 14),
+                            alert(Change.RESOLVED, 24)])
     assert [(s.start_ms, s.paged_ms) for s in spans] == [(T0 + 10 * MIN, T0 + 14 * MIN)]
     ev = evaluate_labels([Label("x", None, T0 + 9 * MIN, T0 + 30 * MIN, "sudden", True)],
                          spans, MIN)

@@ -14,7 +14,7 @@ from stream_detector.core.board_view import (
     BadMessage,
     BoardView,
 )
-from stream_detector.core.events import iso_utc
+from stream_detector.core.times import iso_utc
 
 T0 = 1_767_571_200_000
 MINUTE = 60_000

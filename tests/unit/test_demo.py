@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import io
+from dataclasses import replace
 
+from stream_detector.core.incidents import Change
+from stream_detector.core.times import iso_ms
 from stream_detector.demo import DemoProgress, _line, _summary
 from stream_detector.sim.scenarios import Outage
+from tests.alerts import make_alert
 
-BR = {
-    "alert_id": "aws/BR/2026-01-08T10:53:00Z", "status": "firing", "service": "aws",
-    "region": "BR", "severity": "critical", "started_at": "2026-01-08T10:53:00Z",
-    "ended_at": None, "bucket_start": "2026-01-08T11:09:00Z", "bucket_seconds": 60,
-    "reports": 5, "expected": 0.43, "score": 1.0,
-    "regions": [["BR", 31]], "problems": [["server connection", 11], ["login", 10]],
-}
+BR = make_alert(
+    service="aws", region="BR", severity="critical", started_at="2026-01-08T10:53:00Z",
+    bucket_start="2026-01-08T11:09:00Z", reports=5, expected=0.43, score=1.0,
+    regions=(("BR", 31),), problems=(("server connection", 11), ("login", 10)),
+)
 T0 = 1_767_830_400_000  # 2026-01-08T00:00:00Z
 
 
@@ -26,7 +28,7 @@ def test_a_firing_line_keeps_this_minute_apart_from_the_incident_so_far():
 
 
 def test_a_resolved_line_says_how_long_it_lasted():
-    resolved = {**BR, "status": "resolved", "ended_at": "2026-01-08T12:07:00Z"}
+    resolved = replace(BR, change=Change.RESOLVED, ended_ms=iso_ms("2026-01-08T12:07:00Z"))
     assert _line(resolved).endswith("2026-01-08 10:53Z .. 12:07Z (74 min)")
 
 
@@ -69,14 +71,15 @@ def test_progress_elsewhere_is_plain_lines():
 
 
 def test_the_summary_gives_the_page_delay_and_names_the_false_alert():
-    outage = Outage(service="aws", start_ms=_ms("2026-01-08T10:44:00Z"),
-                    end_ms=_ms("2026-01-08T12:10:00Z"), shape="regional",
+    outage = Outage(service="aws", start_ms=iso_ms("2026-01-08T10:44:00Z"),
+                    end_ms=iso_ms("2026-01-08T12:10:00Z"), shape="regional",
                     peak_multiplier=30.0, region="BR", ramp_ms=180_000)
-    first = {**BR, "bucket_start": "2026-01-08T10:55:00Z", "severity": "warning"}
-    resolved = {**BR, "status": "resolved", "ended_at": "2026-01-08T12:07:00Z"}
-    false = {**BR, "alert_id": "gmail", "service": "gmail", "region": None,
-             "started_at": "2026-01-07T23:37:00Z", "bucket_start": "2026-01-07T23:37:00Z",
-             "severity": "warning"}
+    first = replace(BR, change=Change.OPENED, bucket_start_ms=iso_ms("2026-01-08T10:55:00Z"),
+                    severity="warning")
+    resolved = replace(BR, change=Change.RESOLVED, ended_ms=iso_ms("2026-01-08T12:07:00Z"))
+    false = replace(BR, change=Change.OPENED, service="gmail", region=None,
+                    started_ms=iso_ms("2026-01-07T23:37:00Z"),
+                    bucket_start_ms=iso_ms("2026-01-07T23:37:00Z"), severity="warning")
     out = io.StringIO()
     _summary(100, [outage], {"br": [first, BR, resolved], "gmail": [false]}, 76.0, out)
     text = out.getvalue()
@@ -89,12 +92,6 @@ def test_the_summary_gives_the_page_delay_and_names_the_false_alert():
     _summary(100, [outage], {"br": [first, BR, resolved]}, 76.0, clean)
     assert clean.getvalue().endswith(
         "  false alerts: none, every incident matches an injected outage\n")
-
-
-def _ms(iso: str) -> int:
-    from datetime import datetime
-
-    return int(datetime.fromisoformat(iso).timestamp() * 1000)
 
 
 def test_on_a_narrow_terminal_the_progress_line_is_cut_not_wrapped(monkeypatch):

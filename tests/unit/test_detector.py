@@ -21,7 +21,7 @@ from stream_detector.core.detector import (
     PartitionDetector,
 )
 from stream_detector.core.events import InvalidReport, decode_report
-from stream_detector.core.incidents import IncidentPolicy
+from stream_detector.core.incidents import Change, IncidentPolicy
 from stream_detector.core.reporters import reporter_key
 
 T0 = 1_767_571_200_000  # Monday 2026-01-05 00:00 UTC
@@ -190,13 +190,14 @@ def test_outage_opens_one_incident_which_resolves():
     alerts = steady_traffic(d, range(0, 400),
                             lambda m: 400 if 300 <= m < 320 else rng.randint(15, 25), rng)
     alerts += [a for b in d.flush() for a in b.alerts]
-    ids = {a["alert_id"] for a in alerts}
+    ids = {a.alert_id for a in alerts}
     assert ids == {"x/*/2026-01-05T05:00:00Z"}
-    assert [a["status"] for a in alerts].count("resolved") == 1
-    assert alerts[-1]["status"] == "resolved"
-    assert alerts[0]["severity"] == "critical"
-    assert alerts[0]["regions"][0][0] == "US"
-    assert alerts[-1]["ended_at"] == "2026-01-05T05:20:00Z"
+    assert [a.change for a in alerts].count(Change.OPENED) == 1
+    assert [a.status for a in alerts].count("resolved") == 1
+    assert alerts[0].change is Change.OPENED and alerts[-1].change is Change.RESOLVED
+    assert alerts[0].severity == "critical"
+    assert alerts[0].regions[0][0] == "US"
+    assert b'"ended_at":"2026-01-05T05:20:00Z"' in alerts[-1].to_json()
 
 
 def test_single_reporter_flood_opens_nothing():
@@ -237,9 +238,9 @@ def test_regional_outage_names_its_region():
                 ts = T0 + minute * MINUTE + rng.randrange(MINUTE)
                 d.add(report(ts=ts, region=region))
         alerts.extend(a for b in d.advance() for a in b.alerts)
-    regional = [a for a in alerts if a["region"] is not None]
-    assert regional and {a["region"] for a in regional} == {"DE"}
-    assert regional[0]["regions"][0][0] == "DE"
+    regional = [a for a in alerts if a.region is not None]
+    assert regional and {a.region for a in regional} == {"DE"}
+    assert regional[0].regions[0][0] == "DE"
 
 
 def _shuffle_within(offsets: list[int], lateness: int, rnd) -> list[int]:
@@ -306,7 +307,7 @@ def test_decaying_tail_after_resolve_does_not_reopen_within_cooldown():
     ):
         alert, _ = t.observe(key, minute * MINUTE, MINUTE, reports, Scored(score, 10.0, 3.0),
                              {}, {})
-        statuses.append(alert and alert["status"])
+        statuses.append(alert and alert.status)
     assert statuses == ["firing", "firing", "firing", "resolved", None, None, "firing"]
 
 
@@ -327,7 +328,8 @@ def test_anomalous_buckets_page_only_when_the_evidence_reaches_the_bound():
         None, 0.0)
     alert, weight = t.observe(key, 4 * MINUTE, MINUTE, 30, paging, {}, {})
     # The incident starts with the first bucket of the anomalous run it ends.
-    assert alert["status"] == "firing" and alert["started_at"] == "1970-01-01T00:02:00Z"
+    assert alert.change is Change.OPENED and alert.started_ms == 2 * MINUTE
+    assert alert.bucket_start_ms == 4 * MINUTE  # confirmed: opened after its start
     assert weight == 0.0
 
 
@@ -367,9 +369,8 @@ def test_a_daily_peak_pages_at_first_and_is_learned_within_a_week():
             d.add(report(ts=T0 + minute * MINUTE + i))
         for bucket in d.advance():
             for alert in bucket.alerts:
-                if alert["status"] == "resolved":
-                    started = datetime.fromisoformat(alert["started_at"]).timestamp() * 1000
-                    first_day_of_incidents[int(started - T0) // (day * MINUTE)] += 1
+                if alert.change is Change.RESOLVED:
+                    first_day_of_incidents[(alert.started_ms - T0) // (day * MINUTE)] += 1
     incidents_by_day = [first_day_of_incidents[n] for n in range(18)]
     assert incidents_by_day[3] == 1, incidents_by_day  # the first evening pages
     assert sum(incidents_by_day[:3]) == 0, incidents_by_day

@@ -10,7 +10,6 @@ from hypothesis import strategies as st
 
 from stream_detector.evaluation import (
     NabFile,
-    evaluate_incidents,
     nab_best_threshold,
     nab_score,
     nab_window_rows,
@@ -89,22 +88,6 @@ def test_the_threshold_sweep_finds_the_best_shared_threshold(levels, left):
     brute = max(nab_score(files, t).total for t in {v / 5 for v in levels} | {2.0})
     assert best.total == pytest.approx(brute)
     assert nab_score(files, best.threshold).total == pytest.approx(best.total)
-
-
-# --- labelled outages against incidents ---------------------------------------
-
-
-def test_outage_evaluation_counts_recall_false_incidents_and_delay():
-    ev = evaluate_incidents(
-        outages={"a": [(0, 600), (6000, 6600)], "b": [(100, 200)]},
-        incidents={"a": [(120, 900), (3000, 3060)], "c": [(50, 70)]},
-        bucket_seconds=60,
-    )
-    assert (ev.outages, ev.detected, ev.false_incidents) == (3, 1, 2)
-    assert ev.recall == pytest.approx(1 / 3)
-    assert ev.series["a"].delays == [2.0]
-    assert ev.series["b"].recall == 0.0
-    assert ev.median_delay == 2.0
 
 
 # --- scoring one pre-bucketed series -------------------------------------------

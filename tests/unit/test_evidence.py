@@ -9,18 +9,19 @@ import orjson
 
 from stream_detector.core.detector import DetectorConfig, PartitionDetector
 from stream_detector.core.evidence import EvidenceTest, page_evidence
+from stream_detector.core.incidents import Alert, Change
 
 T0 = 1_767_571_200_000  # Monday 2026-01-05 00:00 UTC
 MINUTE = 60_000
 DAY = 1440
 
 
-def replay(rates, minutes: int, seed: int) -> list[dict]:
+def replay(rates, minutes: int, seed: int) -> list[Alert]:
     """Poisson reports of each service at `rates[service](minute)` a minute, through a
     default detector (service-wide series only); returns the alert messages."""
     rng = np.random.default_rng(seed)
     d = PartitionDetector(DetectorConfig(regions=False))
-    alerts: list[dict] = []
+    alerts: list[Alert] = []
     for minute in range(minutes):
         batch = []
         for service, rate in rates.items():
@@ -32,19 +33,15 @@ def replay(rates, minutes: int, seed: int) -> list[dict]:
     return alerts
 
 
-def firing(alerts: list[dict]) -> dict[str, dict]:
-    """The first firing message of each incident."""
-    first: dict[str, dict] = {}
-    for a in alerts:
-        if a["status"] == "firing":
-            first.setdefault(a["alert_id"], a)
+def firing(alerts: list[Alert]) -> dict[str, Alert]:
+    """The first firing message of each incident: its opening."""
+    first = {a.alert_id: a for a in alerts if a.change is Change.OPENED}
+    assert len(first) == len({a.alert_id for a in alerts})  # one opening per incident
     return first
 
 
-def minute_of(iso: str) -> int:
-    from datetime import datetime
-
-    return int(datetime.fromisoformat(iso).timestamp() * 1000 - T0) // MINUTE
+def minute_of(ms: int) -> int:
+    return (ms - T0) // MINUTE
 
 
 def test_sparse_long_excess_pages():
@@ -52,14 +49,14 @@ def test_sparse_long_excess_pages():
     start = 3 * DAY + 14 * 60
     alerts = replay({"quiet": lambda m: 1.0 if start <= m < start + 80 else 0.2},
                     start + 120, seed=3)
-    pages = [minute_of(a["bucket_start"]) for a in firing(alerts).values()]
+    pages = [minute_of(a.bucket_start_ms) for a in firing(alerts).values()]
     assert len(pages) == 1 and start <= pages[0] < start + 80, pages
 
 
 def test_ten_fold_step_pages_within_two_buckets():
     start = 3 * DAY + 10 * 60
     alerts = replay({"busy": lambda m: 30.0 if m >= start else 3.0}, start + 10, seed=4)
-    pages = [minute_of(a["bucket_start"]) for a in firing(alerts).values()]
+    pages = [minute_of(a.bucket_start_ms) for a in firing(alerts).values()]
     assert len(pages) == 1 and pages[0] - start <= 1, pages  # the first or second bucket
 
 
@@ -69,7 +66,7 @@ def test_daily_bump_from_day_one_stops_paging_by_day_four():
         return 6.0 if 20 * 60 <= m % DAY < 20 * 60 + 30 else 2.0
 
     alerts = replay({"bumpy": rate}, 8 * DAY, seed=5)
-    days = sorted(minute_of(a["started_at"]) // DAY for a in firing(alerts).values())
+    days = sorted(minute_of(a.started_ms) // DAY for a in firing(alerts).values())
     assert all(day < 3 for day in days), days
 
 

@@ -227,7 +227,7 @@ def test_bad_settings_are_refused():
 
 @pytest.mark.parametrize("name", sorted(MODELS))
 def test_every_registered_model_speaks_the_protocol(name):
-    model = MODELS[name](60.0)
+    model = MODELS[name].series(60.0)
     model.learn_one(T0, 3)
     model.learn_zeros(T0 + 60, T0 + 600)
     scored = model.score_one(T0 + 600, 4)
