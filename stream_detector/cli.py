@@ -179,6 +179,8 @@ def build_parser() -> argparse.ArgumentParser:
     bt.add_argument("--config", metavar="FILE.toml", help="TOML file of detector settings")
     bt.add_argument("--labels", metavar="FILE.json", help="with --events: the simulator's "
                     "labels JSON; prints recall, false incidents and detection delay")
+    bt.add_argument("--outages", metavar="FILE.jsonl", help="with --events: also group the "
+                    "incidents into outage events, as `correlate` would publish them")
     bt.add_argument("--plot", metavar="FILE.png", help="with --events: draw reports, the "
                     "normal band, labelled windows and incidents (needs the [plot] extra)")
 
@@ -259,9 +261,10 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_backtest(args: argparse.Namespace) -> int:
     _check_writable("--output", args.output)
     _check_writable("--plot", args.plot)
+    _check_writable("--outages", args.outages)
     if args.input:
-        if args.labels or args.plot:
-            raise UsageError("--labels and --plot go with --events, not --input")
+        if args.labels or args.plot or args.outages:
+            raise UsageError("--labels, --plot and --outages go with --events, not --input")
         from stream_detector.series_backtest import score_series_file
 
         try:
@@ -291,6 +294,8 @@ def cmd_backtest(args: argparse.Namespace) -> int:
           file=sys.stderr)
     if run.evaluation is not None:
         print(format_evaluation(run.evaluation))
+    if args.outages:
+        _backtest_outages(args.outages, settings, run.alerts, run.incidents, labels)
     if args.plot and run.history is not None:
         from stream_detector.plot import plot_backtest
 
@@ -298,6 +303,23 @@ def cmd_backtest(args: argparse.Namespace) -> int:
                                run.evaluation, config.bucket_ms, config.policy.band_spreads)
         print(f"{panels} panels -> {args.plot}", file=sys.stderr)
     return 0
+
+
+def _backtest_outages(path, settings, alerts, incidents, labels) -> None:
+    from stream_detector.outage_backtest import (
+        correlate_alerts,
+        evaluate_grouping,
+        final_events,
+        format_grouping,
+    )
+
+    policy = settings.correlation_policy()
+    messages = correlate_alerts(alerts, policy, path)
+    events = final_events(messages)
+    print(f"{len(messages)} outage event messages, {len(events)} events -> {path}",
+          file=sys.stderr)
+    if labels is not None:
+        print(format_grouping(evaluate_grouping(events, incidents, labels, policy.min_services)))
 
 
 def _holds_no_lines(path: str) -> bool:
