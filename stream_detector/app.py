@@ -61,6 +61,15 @@ async def serve(
             forwarder.offer(alert)
 
     service = DetectorService(settings, metrics, on_alert=on_alert)
+    # correlate = true: the correlate stage beside the detector, for a single
+    # instance; it reads the alerts topic like the standalone one.
+    correlating = None
+    if settings.correlate:
+        from stream_detector.io.correlate import CorrelateMetrics, CorrelateService
+
+        correlate_service = CorrelateService(settings, CorrelateMetrics(metrics.registry),
+                                             forwarder)
+        correlating = asyncio.create_task(correlate_service.run(stop))
     server = MetricsServer(metrics, service.healthy, service.ready)
     try:
         port = await server.start(settings.metrics_host, settings.metrics_port)
@@ -79,7 +88,13 @@ async def serve(
     forwarding = asyncio.create_task(forwarder.run()) if forwarder else None
     try:
         await service.run(stop)
+        if correlating is not None:
+            await correlating
     finally:
+        if correlating is not None and not correlating.done():
+            stop.set()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(correlating, settings.shutdown_timeout)
         await server.stop()
         if forwarder is not None:
             forwarding.cancel()
@@ -89,3 +104,46 @@ async def serve(
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(forwarder.flush(), settings.shutdown_timeout)
     log.info("stopped")
+
+
+async def serve_correlate(
+    settings: Settings,
+    stop: asyncio.Event | None = None,
+    install_signal_handlers: bool = False,
+    on_listening: Callable[[int], None] | None = None,
+) -> None:
+    """Run the correlate stage alone until `stop` is set or SIGTERM/SIGINT arrives."""
+    from stream_detector.io.correlate import CorrelateMetrics, CorrelateService
+
+    stop = stop or asyncio.Event()
+    forwarder = None
+    if settings.alertmanager_url:
+        forwarder = AlertmanagerForwarder(AlertmanagerClient(settings.alertmanager_url))
+    metrics = CorrelateMetrics()
+    service = CorrelateService(settings, metrics, forwarder)
+    server = MetricsServer(metrics, service.healthy, service.ready)
+    try:
+        port = await server.start(settings.metrics_host, settings.metrics_port)
+    except OSError as exc:
+        raise ConfigError(
+            f"setting metrics_port: cannot listen on {settings.metrics_host}:"
+            f"{settings.metrics_port} ({exc.strerror})"
+        ) from None
+    if install_signal_handlers:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+    if on_listening is not None:
+        on_listening(port)
+    forwarding = asyncio.create_task(forwarder.run()) if forwarder else None
+    try:
+        await service.run(stop)
+    finally:
+        await server.stop()
+        if forwarding is not None:
+            forwarding.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await forwarding
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(forwarder.flush(), settings.shutdown_timeout)
+    log.info("correlate stopped")

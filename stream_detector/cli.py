@@ -90,6 +90,8 @@ EXAMPLES = {
                 "--output alerts.jsonl --plot backtest.png\n"
                 "  stream-detector backtest --input series.csv --output scored.csv "
                 "--direction both",
+    "correlate": "example:\n  stream-detector correlate --bootstrap-servers kafka-1:9092 "
+                 "--alertmanager-url http://alertmanager:9093",
     "demo": "example:\n  stream-detector demo",
 }
 
@@ -160,6 +162,9 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--seed", type=int, default=1, help="random seed; one seed, one traffic")
     sim.add_argument("--labels", metavar="FILE.json",
                      help="write the injected outages as a labels JSON file")
+    sim.add_argument("--provider-dependants", type=int, default=0, metavar="N",
+                     help="also inject a provider outage: one provider service and N "
+                     "dependants down at once, some only in one region")
 
     bt = command("backtest", "run the detector offline over a file",
                  description="Run the detector core offline over a file of reports "
@@ -183,6 +188,32 @@ def build_parser() -> argparse.ArgumentParser:
                     "incidents into outage events, as `correlate` would publish them")
     bt.add_argument("--plot", metavar="FILE.png", help="with --events: draw reports, the "
                     "normal band, labelled windows and incidents (needs the [plot] extra)")
+
+    corr = command("correlate", "group simultaneous incidents into outage events",
+                   description="Read the alerts topic and publish outage events (incidents of "
+                   "several services at once, grouped) to the outages topic; stops cleanly on "
+                   "SIGTERM or SIGINT. Flags override the environment, the --config file and "
+                   "the defaults.")
+    _add_kafka_flags(corr)
+    corr.add_argument("--config", metavar="FILE.toml", help="TOML file of settings")
+    _setting_flag(corr, "alerts_topic", "topic the alerts come in on", metavar="TOPIC")
+    _setting_flag(corr, "outages_topic", "topic outage events go out on", metavar="TOPIC")
+    _setting_flag(corr, "correlate_group_id", "consumer group of the correlate stage",
+                  metavar="GROUP")
+    _setting_flag(corr, "bucket", "bucket width of the detector's alerts", metavar="DURATION")
+    _setting_flag(corr, "correlate_window", "onsets this many buckets apart may group",
+                  metavar="BUCKETS")
+    _setting_flag(corr, "correlate_min_services", "fewest services an event starts with",
+                  metavar="N")
+    _setting_flag(corr, "providers", "comma-separated provider services", metavar="NAMES")
+    _setting_flag(corr, "metrics_port", "port of /metrics, /healthz, /readyz; 0 picks a free "
+                  "one", metavar="PORT")
+    _setting_flag(corr, "alertmanager_url", "push events and their members to this "
+                  "Alertmanager", metavar="URL")
+    _setting_flag(corr, "startup_timeout", "how long to keep trying an unreachable broker",
+                  metavar="DURATION")
+    _setting_flag(corr, "log_format", "log lines", metavar="FORMAT")
+    _setting_flag(corr, "log_level", "lowest level logged", metavar="LEVEL")
 
     command("demo", "everything on a local embedded broker, ends by itself",
             description=DEMO_DESCRIPTION)
@@ -255,6 +286,26 @@ def cmd_run(args: argparse.Namespace) -> int:
     configure_logging(settings)
     tune_gc()
     asyncio.run(serve(settings, install_signal_handlers=True))
+    return 0
+
+
+CORRELATE_FLAGS = (
+    "bootstrap_servers", "alerts_topic", "outages_topic", "correlate_group_id", "bucket",
+    "correlate_window", "correlate_min_services", "providers", "metrics_port",
+    "alertmanager_url", "startup_timeout", "log_format", "log_level", "security_protocol",
+    "ssl_cafile", "ssl_certfile", "ssl_keyfile", "sasl_mechanism", "sasl_username",
+    "sasl_password",
+)
+
+
+def cmd_correlate(args: argparse.Namespace) -> int:
+    global _log_format
+    settings = _settings_from(args, CORRELATE_FLAGS)
+    _log_format = settings.log_format
+    from stream_detector.app import configure_logging, serve_correlate
+
+    configure_logging(settings)
+    asyncio.run(serve_correlate(settings, install_signal_handlers=True))
     return 0
 
 
@@ -337,9 +388,12 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
     if args.services < 1 or args.days <= 0:
         raise UsageError("--services must be at least 1 and --days more than 0")
+    if args.provider_dependants < 0:
+        raise UsageError("--provider-dependants cannot be negative")
     _check_writable("--output", args.output)
     _check_writable("--labels", args.labels)
-    services, outages, reports = simulate(args.services, args.days, args.seed)
+    services, outages, reports = simulate(args.services, args.days, args.seed,
+                                          provider_dependants=args.provider_dependants)
     print(f"simulating {len(services)} services over {args.days:g} days; injected:",
           file=sys.stderr)
     for outage in outages:
@@ -378,7 +432,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return asyncio.run(run_demo())
 
 
-COMMANDS = {"run": cmd_run, "simulate": cmd_simulate, "backtest": cmd_backtest, "demo": cmd_demo}
+COMMANDS = {"run": cmd_run, "simulate": cmd_simulate, "backtest": cmd_backtest, "demo": cmd_demo,
+            "correlate": cmd_correlate}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -167,12 +167,22 @@ class Correlator:
     # --- input ---------------------------------------------------------------
 
     def add(self, alert: dict) -> Output:
-        """Take one alert message; return what became due (see `advance`)."""
+        """Take one alert message of a single ordered stream (a file); return what
+        became due (see `advance`)."""
+        self.buffer(alert)
+        return self.advance(self.clock_ms)
+
+    def buffer(self, alert: dict) -> int:
+        """Hold one alert until its bucket is due; return its bucket start (ms).
+
+        Raises `ValueError` (or `KeyError`/`TypeError`) for a message that is not an alert.
+        """
+        check_alert(alert)
         start = _ms(alert["bucket_start"])
         self.pending.setdefault(start, []).append(alert)
         if self.clock_ms is None or start > self.clock_ms:
             self.clock_ms = start
-        return self.advance(self.clock_ms)
+        return start
 
     def advance(self, watermark_ms: int) -> Output:
         """Handle every buffered bucket `settle_buckets` or more before `watermark_ms`."""
@@ -359,6 +369,26 @@ class Correlator:
         """Incidents a restart must see again to rebuild this state: the open ones,
         those in the rate's lookback, and every member of an event holding one."""
         return set(self.incidents) | {alert_id for _, _, alert_id in self.onsets}
+
+
+ALERT_FIELDS = ("alert_id", "status", "service", "started_at", "bucket_start")
+
+
+def check_alert(alert: object) -> None:
+    """Refuse what cannot be an alert message, naming what is wrong."""
+    if not isinstance(alert, dict):
+        raise ValueError("an alert message must be a JSON object")
+    for name in ALERT_FIELDS:
+        if not isinstance(alert.get(name), str):
+            raise ValueError(f"alert message has no text field {name}")
+    if alert["status"] not in (FIRING, RESOLVED):
+        raise ValueError(f"alert message has unknown status {alert['status']!r}")
+    for name in ("started_at", "bucket_start"):
+        _ms(alert[name])
+    if alert["status"] == RESOLVED:
+        if not isinstance(alert.get("ended_at"), str):
+            raise ValueError("resolved alert message has no ended_at")
+        _ms(alert["ended_at"])
 
 
 def suspected_cause(services: Iterable[str], policy: CorrelationPolicy) -> str | None:

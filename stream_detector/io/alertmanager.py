@@ -55,6 +55,10 @@ def to_alertmanager(alert: dict, generator_url: str | None = None) -> dict:
     # one), so routes and inhibitions can match on its absence.
     if alert.get("region") is not None:
         labels["region"] = str(alert["region"])
+    # Set by the correlate stage on a member incident of an outage event, so
+    # one route grouping by it pages once for the event (io/correlate.py).
+    if alert.get("outage_event"):
+        labels["outage_event"] = str(alert["outage_event"])
 
     where = f" in {alert['region']}" if alert.get("region") is not None else ""
     summary = (
@@ -107,6 +111,9 @@ def alertmanager_payload(alerts: list[dict], generator_url: str | None = None) -
     """
     payload = []
     for alert in alerts:
+        if "event_id" in alert:
+            payload.append(outage_event_to_alertmanager(alert, generator_url))
+            continue
         payload.append(to_alertmanager(alert, generator_url))
         if alert["severity"] == "critical":
             warning = to_alertmanager(
@@ -116,6 +123,44 @@ def alertmanager_payload(alerts: list[dict], generator_url: str | None = None) -
             )
             payload.append(warning)
     return payload
+
+
+OUTAGE_ALERTNAME = "OutageEvent"
+
+
+def outage_event_to_alertmanager(event: dict, generator_url: str | None = None) -> dict:
+    """One outage event message (the outages topic's JSON) as an Alertmanager alert.
+
+    >>> am = outage_event_to_alertmanager({
+    ...     "event_id": "2024-05-01T12:00:00Z/aws", "status": "firing",
+    ...     "started_at": "2024-05-01T12:00:00Z", "ended_at": None,
+    ...     "services": [["aws", None, "aws/*/2024-05-01T12:00:00Z"],
+    ...                  ["shop", "BR", "shop/BR/2024-05-01T12:01:00Z"]],
+    ...     "suspected_cause": "aws", "regions": [["BR", 40]], "problems": [], "reports": 90})
+    >>> am["labels"]["outage_event"], am["labels"]["suspected_cause"], am["annotations"]["services"]
+    ('2024-05-01T12:00:00Z/aws', 'aws', 'aws, shop in BR')
+    """
+    labels = {"alertname": OUTAGE_ALERTNAME, "outage_event": str(event["event_id"]),
+              "severity": "critical"}
+    if event.get("suspected_cause"):
+        labels["suspected_cause"] = str(event["suspected_cause"])
+    names = [f"{s}{f' in {r}' if r else ''}" for s, r, _ in event["services"]]
+    cause = event.get("suspected_cause")
+    summary = (f"{len({s for s, _, _ in event['services']})} services down at once"
+               f"{f', suspected cause {cause}' if cause else ''}: {', '.join(names)}")
+    mapped: dict = {
+        "labels": labels,
+        "annotations": {"summary": summary, "services": ", ".join(names),
+                        "reports": str(event["reports"]),
+                        "regions": _format_top(event.get("regions") or []),
+                        "problems": _format_top(event.get("problems") or [])},
+        "startsAt": event["started_at"],
+    }
+    if event["status"] == "resolved":
+        mapped["endsAt"] = event["ended_at"]
+    if generator_url:
+        mapped["generatorURL"] = generator_url
+    return mapped
 
 
 def _format_top(counts: list) -> str:
