@@ -314,8 +314,10 @@ def cmd_backtest(args: argparse.Namespace) -> int:
     _check_writable("--plot", args.plot)
     _check_writable("--outages", args.outages)
     if args.input:
-        if args.labels or args.plot or args.outages:
-            raise UsageError("--labels, --plot and --outages go with --events, not --input")
+        if args.labels or args.plot:
+            raise UsageError("--labels and --plot go with --events, not --input")
+        if args.outages:
+            raise UsageError("--outages goes with --events, not --input")
         from stream_detector.series_backtest import score_series_file
 
         try:

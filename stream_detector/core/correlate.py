@@ -61,7 +61,7 @@ class CorrelationPolicy:
     the rest is found minutes later than they are."""
     min_services: int = 3
     """Fewest distinct services an event starts with."""
-    max_chance: float = 1e-4
+    max_chance: float = 1e-3
     """The most likely by chance a group of onsets may be and still be an event."""
     rate_lookback_ms: int = 24 * HOUR_MS
     """How far back the recent onset rate is counted."""
