@@ -42,35 +42,10 @@ def tune_gc() -> None:
     gc.set_threshold(GC_YOUNG_THRESHOLD, middle, oldest)
 
 
-async def serve(
-    settings: Settings,
-    stop: asyncio.Event | None = None,
-    install_signal_handlers: bool = False,
-    metrics: DetectorMetrics | None = None,
-    on_listening: Callable[[int], None] | None = None,
-) -> None:
-    """Run the detector until `stop` is set or SIGTERM/SIGINT arrives."""
-    stop = stop or asyncio.Event()
-    metrics = metrics or DetectorMetrics.for_settings(settings)
-    forwarder = None
-    on_alert = None
-    if settings.alertmanager_url:
-        forwarder = AlertmanagerForwarder(AlertmanagerClient(settings.alertmanager_url))
-
-        async def on_alert(alert: dict) -> None:
-            forwarder.offer(alert)
-
-    service = DetectorService(settings, metrics, on_alert=on_alert)
-    # correlate = true: the correlate stage beside the detector, for a single
-    # instance; it reads the alerts topic like the standalone one.
-    correlating = None
-    if settings.correlate:
-        from stream_detector.io.correlate import CorrelateMetrics, CorrelateService
-
-        correlate_service = CorrelateService(settings, CorrelateMetrics(metrics.registry),
-                                             forwarder)
-        correlating = asyncio.create_task(correlate_service.run(stop))
-    server = MetricsServer(metrics, service.healthy, service.ready)
+async def _listen(server: MetricsServer, settings: Settings, stop: asyncio.Event,
+                  install_signal_handlers: bool,
+                  on_listening: Callable[[int], None] | None) -> int:
+    """Start the metrics endpoint (a busy port is a setting to fix) and the signals."""
     try:
         port = await server.start(settings.metrics_host, settings.metrics_port)
     except OSError as exc:
@@ -85,7 +60,55 @@ async def serve(
     log.info("metrics on port %d", port)
     if on_listening is not None:
         on_listening(port)
+    return port
+
+
+async def _stop_forwarding(forwarder: AlertmanagerForwarder | None,
+                           forwarding: asyncio.Task | None, timeout: float) -> None:
+    if forwarder is None or forwarding is None:
+        return
+    forwarding.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await forwarding
+    # Last alerts (often the resolves) get a bounded chance to go out.
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(forwarder.flush(), timeout)
+
+
+def _forwarder(settings: Settings) -> AlertmanagerForwarder | None:
+    if not settings.alertmanager_url:
+        return None
+    return AlertmanagerForwarder(AlertmanagerClient(settings.alertmanager_url))
+
+
+async def serve(
+    settings: Settings,
+    stop: asyncio.Event | None = None,
+    install_signal_handlers: bool = False,
+    metrics: DetectorMetrics | None = None,
+    on_listening: Callable[[int], None] | None = None,
+) -> None:
+    """Run the detector until `stop` is set or SIGTERM/SIGINT arrives."""
+    stop = stop or asyncio.Event()
+    metrics = metrics or DetectorMetrics.for_settings(settings)
+    forwarder = _forwarder(settings)
+    on_alert = None
+    if forwarder is not None:
+        async def on_alert(alert: dict) -> None:
+            forwarder.offer(alert)
+
+    service = DetectorService(settings, metrics, on_alert=on_alert)
+    server = MetricsServer(metrics, service.healthy, service.ready)
+    await _listen(server, settings, stop, install_signal_handlers, on_listening)
     forwarding = asyncio.create_task(forwarder.run()) if forwarder else None
+    # correlate = true: the correlate stage beside the detector, for a single
+    # instance; it reads the alerts topic like the standalone one.
+    correlating = None
+    if settings.correlate:
+        from stream_detector.io.correlate import CorrelateMetrics, CorrelateService
+
+        correlating = asyncio.create_task(CorrelateService(
+            settings, CorrelateMetrics(metrics.registry), forwarder).run(stop))
     try:
         await service.run(stop)
         if correlating is not None:
@@ -96,13 +119,7 @@ async def serve(
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(correlating, settings.shutdown_timeout)
         await server.stop()
-        if forwarder is not None:
-            forwarding.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await forwarding
-            # Last alerts (often the resolves) get a bounded chance to go out.
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(forwarder.flush(), settings.shutdown_timeout)
+        await _stop_forwarding(forwarder, forwarding, settings.shutdown_timeout)
     log.info("stopped")
 
 
@@ -116,34 +133,15 @@ async def serve_correlate(
     from stream_detector.io.correlate import CorrelateMetrics, CorrelateService
 
     stop = stop or asyncio.Event()
-    forwarder = None
-    if settings.alertmanager_url:
-        forwarder = AlertmanagerForwarder(AlertmanagerClient(settings.alertmanager_url))
+    forwarder = _forwarder(settings)
     metrics = CorrelateMetrics()
     service = CorrelateService(settings, metrics, forwarder)
     server = MetricsServer(metrics, service.healthy, service.ready)
-    try:
-        port = await server.start(settings.metrics_host, settings.metrics_port)
-    except OSError as exc:
-        raise ConfigError(
-            f"setting metrics_port: cannot listen on {settings.metrics_host}:"
-            f"{settings.metrics_port} ({exc.strerror})"
-        ) from None
-    if install_signal_handlers:
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
-    if on_listening is not None:
-        on_listening(port)
+    await _listen(server, settings, stop, install_signal_handlers, on_listening)
     forwarding = asyncio.create_task(forwarder.run()) if forwarder else None
     try:
         await service.run(stop)
     finally:
         await server.stop()
-        if forwarding is not None:
-            forwarding.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await forwarding
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(forwarder.flush(), settings.shutdown_timeout)
+        await _stop_forwarding(forwarder, forwarding, settings.shutdown_timeout)
     log.info("correlate stopped")

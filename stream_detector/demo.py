@@ -33,6 +33,8 @@ DEMO_DAYS = 4.0
 DEMO_SPEED = 4 * 86_400 / 75  # four simulated days in about 75 seconds
 DEMO_SEED = 2026
 PARTITIONS = 3
+# The provider outage's dependants: one provider and this many services at once.
+DEMO_DEPENDANTS = 4
 
 
 def _port() -> int:
@@ -174,8 +176,8 @@ class DemoProgress:
             self.show()
 
 
-async def _show_alerts(bootstrap: str, topic: str, incidents: dict[str, list[dict]],
-                       progress: DemoProgress) -> None:
+async def _consume(bootstrap: str, topic: str, handle) -> None:
+    """Read `topic` from its start and hand each decoded message to `handle`, until cancelled."""
     consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap,
                                 auto_offset_reset="earliest")
     await consumer.start()
@@ -184,15 +186,46 @@ async def _show_alerts(bootstrap: str, topic: str, incidents: dict[str, list[dic
             batch = await consumer.getmany(timeout_ms=200)
             for messages in batch.values():
                 for msg in messages:
-                    alert = orjson.loads(msg.value)
-                    history = incidents.setdefault(alert["alert_id"], [])
-                    history.append(alert)
-                    # Show openings, escalations and resolutions; not every update.
-                    if (len(history) == 1 or alert["status"] == "resolved"
-                            or alert["severity"] != history[-2]["severity"]):
-                        progress.print(_line(alert))
+                    handle(orjson.loads(msg.value))
     finally:
         await consumer.stop()
+
+
+async def _show_alerts(bootstrap: str, topic: str, incidents: dict[str, list[dict]],
+                       progress: DemoProgress) -> None:
+    def handle(alert: dict) -> None:
+        history = incidents.setdefault(alert["alert_id"], [])
+        history.append(alert)
+        # Show openings, escalations and resolutions; not every update.
+        if (len(history) == 1 or alert["status"] == "resolved"
+                or alert["severity"] != history[-2]["severity"]):
+            progress.print(_line(alert))
+
+    await _consume(bootstrap, topic, handle)
+
+
+def _event_line(event: dict) -> str:
+    """An outage event as the demo shows it: services, the suspected cause, the span."""
+    names = ", ".join(f"{s}{f' in {r}' if r else ''}" for s, r, _ in event["services"])
+    cause = event["suspected_cause"] or "unknown"
+    span = f"{_clock(event['started_at'])}"
+    if event["ended_at"]:
+        span += f" .. {_clock(event['ended_at'])}"
+    return (f"  OUTAGE    {event['status'].upper():<8} {event['event_id']}  {span}  "
+            f"suspected cause {cause}: {names}")
+
+
+async def _show_outage_events(bootstrap: str, topic: str, events: dict[str, dict],
+                              progress: DemoProgress) -> None:
+    """Show an outage event when it forms, when a service joins it, and when it resolves."""
+    def handle(event: dict) -> None:
+        before = events.get(event["event_id"])
+        events[event["event_id"]] = event
+        if (before is None or before["status"] != event["status"]
+                or len(before["services"]) != len(event["services"])):
+            progress.print(_event_line(event))
+
+    await _consume(bootstrap, topic, handle)
 
 
 async def run_demo(out=sys.stdout) -> int:
@@ -204,16 +237,22 @@ async def run_demo(out=sys.stdout) -> int:
         settings = load_settings({
             "bootstrap_servers": bootstrap, "metrics_port": port, "metrics_host": "127.0.0.1",
             "idle_timeout": "2s", "checkpoint_interval": "1s", "log_level": "WARNING",
+            # The correlate stage in-process: the provider outage is one event.
+            "correlate": True, "providers": "aws,cloudflare",
         }, environ={})
         await _create_topics(bootstrap, [settings.reports_topic, settings.alerts_topic,
-                                         settings.dlq_topic])
+                                         settings.dlq_topic, settings.outages_topic])
         stop = asyncio.Event()
         detector = asyncio.create_task(serve(settings, stop))
         incidents: dict[str, list[dict]] = {}
         progress = DemoProgress(out, incidents, int(SEASONAL_DEFAULTS["warmup_seconds"] * 1000))
         shower = asyncio.create_task(_show_alerts(bootstrap, settings.alerts_topic,
                                                   incidents, progress))
-        services, outages, reports = simulate(DEMO_SERVICES, DEMO_DAYS, DEMO_SEED)
+        events: dict[str, dict] = {}
+        event_shower = asyncio.create_task(_show_outage_events(
+            bootstrap, settings.outages_topic, events, progress))
+        services, outages, reports = simulate(DEMO_SERVICES, DEMO_DAYS, DEMO_SEED,
+                                              provider_dependants=DEMO_DEPENDANTS)
         print(f"broker on {bootstrap}; metrics on http://127.0.0.1:{port}/metrics", file=out)
         print(f"simulating {len(services)} services over {DEMO_DAYS:g} days at "
               f"{DEMO_SPEED:,.0f}x; injected:", file=out)
@@ -238,9 +277,10 @@ async def run_demo(out=sys.stdout) -> int:
         await asyncio.sleep(1.0)
         stop.set()
         await detector
-        shower.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await shower
+        for task in (shower, event_shower):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
 
     _summary(sent, outages, incidents, time.monotonic() - started, out)
     return 0

@@ -73,8 +73,9 @@ def simulate(
     count = default_outage_count(services, days) if outages is None else outages
     planned = plan_outages(profiles, start, days, rng, count)
     if provider_dependants > 0:
-        # One provider outage on top, with this many dependants (issue: grouping).
+        # One provider outage on top, with this many dependants. It draws from
+        # its own generator, so the other outages of a seed stay where they were.
         planned = sorted(planned + plan_provider_outage(
-            profiles, start, days, rng, provider_dependants, planned),
+            profiles, start, days, random.Random(seed + 1), provider_dependants, planned),
             key=lambda o: (o.start_ms, o.service))
     return profiles, planned, generate_reports(profiles, planned, start, days, rng)

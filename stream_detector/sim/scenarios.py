@@ -305,6 +305,8 @@ def _quiet_region(service: ServiceProfile) -> str:
 # The dependants' onsets spread over this many minutes after the provider's.
 PROVIDER_SPREAD_MIN = 3
 PROVIDER_MINUTES = (60, 150)
+PROVIDER_TRIES = 20
+PROVIDER_NAMES = ("aws", "cloudflare", "azure", "gcp", "akamai", "fastly")
 
 
 def plan_provider_outage(
@@ -326,15 +328,26 @@ def plan_provider_outage(
     visible = [s for s in services if s.peak_rate >= VISIBLE_RATE]
     end_ms = start_ms + int(days * DAY_MS)
     duration = round(rng.uniform(*PROVIDER_MINUTES)) * MINUTE_MS
-    start = _pick_start("sudden", start_ms + warmup_ms(days), end_ms - TAIL_MS - duration, rng)
-    if start is None:
-        return []
-    free = [s for s in visible
-            if all(o.service != s.name or o.end_ms + GAP_MS <= start
-                   or o.start_ms >= start + duration + GAP_MS for o in taken)]
+    # A few tries for a time when enough services are free of other outages.
+    best: tuple[int, list[ServiceProfile]] | None = None
+    for _ in range(PROVIDER_TRIES):
+        start = _pick_start("sudden", start_ms + warmup_ms(days),
+                            end_ms - TAIL_MS - duration, rng)
+        if start is None:
+            return []
+        free = [s for s in visible
+                if all(o.service != s.name or o.end_ms + GAP_MS <= start
+                       or o.start_ms >= start + duration + GAP_MS for o in taken)]
+        if best is None or len(free) > len(best[1]):
+            best = (start, free)
+        if len(free) > dependants:
+            break
+    start, free = best
     if len(free) < 2:
         return []
     rng.shuffle(free)
+    # A service named like a provider plays the provider when one is free.
+    free.sort(key=lambda s: s.name not in PROVIDER_NAMES)
     provider, others = free[0], free[1:1 + dependants]
     group = f"provider:{provider.name}@{_iso(start)}"
     outages = [Outage(provider.name, start, start + duration, "provider",
