@@ -385,6 +385,16 @@ def check_alert(alert: object) -> None:
         raise ValueError(f"alert message has unknown status {alert['status']!r}")
     for name in ("started_at", "bucket_start"):
         _ms(alert[name])
+    for name in ("regions", "problems"):
+        counts = alert.get(name) or []
+        if not isinstance(counts, list) or not all(
+                isinstance(c, list) and len(c) == 2 and isinstance(c[0], str)
+                and isinstance(c[1], int | float) and not isinstance(c[1], bool)
+                for c in counts):
+            raise ValueError(f"alert message field {name} is not a list of [name, count]")
+    reports = alert.get("reports", 0)
+    if not isinstance(reports, int | float) or isinstance(reports, bool):
+        raise ValueError("alert message field reports is not a number")
     if alert["status"] == RESOLVED:
         if not isinstance(alert.get("ended_at"), str):
             raise ValueError("resolved alert message has no ended_at")

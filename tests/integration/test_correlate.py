@@ -25,6 +25,7 @@ from tests.integration.kafka_helpers import (
     produce,
     read_all,
     running_detector,
+    scrape,
     traffic,
 )
 
@@ -33,6 +34,12 @@ pytestmark = pytest.mark.integration
 # A provider and three services on it go down in the same minutes; "calm" does not.
 SERVICES = {"cloudhost": 20, "shop": 12, "mail": 12, "video": 12, "calm": 8}
 DOWN = ("cloudhost", "shop", "mail", "video")
+
+
+def correlate_settings(bootstrap: str, unique: str, **overrides):
+    """This test's own topics, groups and outages topic."""
+    return detector_settings(bootstrap, unique, outages_topic=f"{unique}-outages",
+                             correlate_group_id=f"{unique}-correlate", **overrides)
 
 
 def provider_traffic(seed: int = 7) -> list[dict]:
@@ -58,7 +65,7 @@ async def running_correlate(settings):
 
 
 async def test_two_detectors_and_correlate_make_one_event_naming_the_provider(broker, unique):
-    settings = detector_settings(broker.bootstrap_servers, unique, model="ewma",
+    settings = correlate_settings(broker.bootstrap_servers, unique, model="ewma",
                                  idle_timeout="2s", checkpoint_interval="1s",
                                  providers="cloudhost")
     await create_topic(broker.bootstrap_servers, settings.reports_topic, 2)
@@ -98,6 +105,28 @@ async def replay_offsets_committed(settings) -> bool:
         await consumer.stop()
 
 
+async def test_run_with_correlate_true_publishes_the_event_and_its_metrics(broker, unique):
+    settings = correlate_settings(broker.bootstrap_servers, unique, model="ewma",
+                                 idle_timeout="2s", checkpoint_interval="1s",
+                                 correlate="true", providers="cloudhost")
+    async with running_detector(settings) as port:
+        await produce(broker.bootstrap_servers, settings.reports_topic,
+                      *encode(provider_traffic(seed=11)))
+        messages = await read_all(broker.bootstrap_servers, settings.outages_topic,
+                                  has_resolved, timeout=120)
+        last = orjson.loads(messages[-1].value)
+        assert last["status"] == "resolved" and last["suspected_cause"] == "cloudhost"
+
+        async def counted() -> bool:
+            metrics = await scrape(port)
+            return metrics.get(("stream_detector_outage_event_messages_total",
+                                (("status", "resolved"),))) == 1
+        await wait_for(counted)
+        metrics = await scrape(port)
+        assert metrics[("stream_detector_outage_events_open", ())] == 0
+        assert ("stream_detector_reports_total", (("outcome", "accepted"),)) in metrics
+
+
 def start_correlate(settings, log) -> subprocess.Popen:
     env = {k: v for k, v in os.environ.items() if not k.startswith("STREAM_DETECTOR_")}
     env.update({
@@ -116,9 +145,8 @@ def start_correlate(settings, log) -> subprocess.Popen:
 
 
 async def test_sigkill_resends_the_same_events_and_loses_none(broker, unique, tmp_path):
-    settings = detector_settings(broker.bootstrap_servers, unique, model="ewma",
-                                 providers="cloudhost",
-                                 correlate_group_id=f"{unique}-correlate")
+    settings = correlate_settings(broker.bootstrap_servers, unique, model="ewma",
+                                 providers="cloudhost")
     alerts = offline_alerts(provider_traffic(), settings)
     expected = correlate_alerts(alerts, settings.correlation_policy())
     assert [e["status"] for e in expected].count("resolved") == 1

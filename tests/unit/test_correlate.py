@@ -158,6 +158,9 @@ def test_suspected_cause_from_the_dependency_map():
     ({"alert_id": None}, "alert_id"),
     ({"started_at": "yesterday"}, "isoformat"),
     ({"status": "resolved", "ended_at": None}, "ended_at"),
+    ({"regions": "US 5"}, "regions"),
+    ({"problems": [["login"]]}, "problems"),
+    ({"reports": "many"}, "reports"),
 ])
 def test_a_message_that_is_not_an_alert_is_refused(change, problem):
     with pytest.raises(ValueError, match=problem):
@@ -201,3 +204,23 @@ def test_grouping_score_counts_found_groups_and_false_groupings():
     mixed = evaluate_grouping(events, spans, [label("cloud", "p1"), label("shop", "p1"),
                                               label("mail", None)], 3)
     assert len(mixed.false_groupings) == 1 and mixed.members_right == 2
+
+
+def test_settings_reach_the_policy_from_toml_and_the_environment(tmp_path):
+    from stream_detector.config import ConfigError, load_settings
+
+    toml = tmp_path / "s.toml"
+    toml.write_text('providers = ["aws"]\ncorrelate_window = 4\n'
+                    '[dependencies]\nnetflix = ["aws", "akamai"]\n')
+    policy = load_settings({}, toml, environ={}).correlation_policy()
+    assert policy.providers == ("aws",) and policy.window_buckets == 4
+    assert policy.dependencies == {"netflix": ("aws", "akamai")}
+    env = {"STREAM_DETECTOR_PROVIDERS": "aws, cloudflare",
+           "STREAM_DETECTOR_DEPENDENCIES": "hulu=aws|gcp"}
+    policy = load_settings({}, environ=env).correlation_policy()
+    assert policy.providers == ("aws", "cloudflare")
+    assert policy.dependencies == {"hulu": ("aws", "gcp")}
+    with pytest.raises(ConfigError, match="setting dependencies"):
+        load_settings({}, environ={"STREAM_DETECTOR_DEPENDENCIES": "hulu"})
+    with pytest.raises(ConfigError, match="setting correlate_min_services"):
+        load_settings({"correlate_min_services": "1"}, environ={})
