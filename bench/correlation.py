@@ -67,7 +67,9 @@ def score(name: str, events_path: Path, labels: list[Label], work: Path) -> dict
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", default=str(ROOT.parent / "shared/data/outage-dev"))
+    # ../shared beside the repository; a worktree one level deeper finds it one up.
+    near = [p / "shared/data/outage-dev" for p in (ROOT.parent, ROOT.parent.parent)]
+    parser.add_argument("--data", default=str(next((p for p in near if p.is_dir()), near[0])))
     parser.add_argument("--seeds", type=int, nargs="*", default=[1, 2, 3])
     args = parser.parse_args()
     rows = []
