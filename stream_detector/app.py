@@ -109,6 +109,9 @@ async def serve(
 
         correlating = asyncio.create_task(CorrelateService(
             settings, CorrelateMetrics(metrics.registry), forwarder).run(stop))
+        # A stage that fails stops the process, whose error is then the stage's.
+        correlating.add_done_callback(
+            lambda task: task.cancelled() or task.exception() is None or stop.set())
     try:
         await service.run(stop)
         if correlating is not None:

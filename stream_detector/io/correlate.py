@@ -49,26 +49,35 @@ class CorrelateMetrics:
         self.services = Gauge("stream_detector_outage_event_services",
                               "Services in each open outage event (at most 50 events).",
                               ["outage_event"], registry=r)
-        self.events = Counter("stream_detector_outage_event_messages",
-                              "Outage event messages published, by status.", ["status"],
-                              registry=r)
+        self.events = Counter("stream_detector_outage_events",
+                              "Outage events by status: counted when one forms (firing) and "
+                              "when it resolves.", ["status"], registry=r)
         for status in ("firing", "resolved"):
             self.events.labels(status)
         self.bad_alerts = Counter("stream_detector_correlate_bad_alerts",
                                   "Messages on the alerts topic that are not alerts.",
                                   registry=r)
+        self.open_ids: set[str] = set()
+        self.shown: set[str] = set()
 
     def observe(self, events: list[dict]) -> None:
         for event in events:
-            self.events.labels(event["status"]).inc()
+            event_id = event["event_id"]
             if event["status"] == FIRING:
-                if len(self.services._metrics) < MAX_EVENT_SERIES or (
-                        (event["event_id"],) in self.services._metrics):
-                    self.services.labels(event["event_id"]).set(
-                        len({s[0] for s in event["services"]}))
-            else:
-                with contextlib.suppress(KeyError):
-                    self.services.remove(event["event_id"])
+                if event_id not in self.open_ids:
+                    self.open_ids.add(event_id)
+                    self.events.labels(FIRING).inc()
+                if event_id in self.shown or len(self.shown) < MAX_EVENT_SERIES:
+                    self.shown.add(event_id)
+                    self.services.labels(event_id).set(len({s[0] for s in event["services"]}))
+                continue
+            if event_id in self.open_ids:
+                self.open_ids.discard(event_id)
+                self.events.labels("resolved").inc()
+            if event_id in self.shown:
+                self.shown.discard(event_id)
+                self.services.remove(event_id)
+        self.open.set(len(self.open_ids))
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
@@ -211,8 +220,6 @@ class CorrelateService:
                                             "services": len(event["services"]),
                                             "suspected_cause": event["suspected_cause"]})
         self.metrics.observe(out.events)
-        self.metrics.open.set(sum(1 for e in self.correlator.events.values()
-                                  if e.status == FIRING))
         if self.forwarder is not None:
             for message in out.tagged + out.events:
                 self.forwarder.offer(message)

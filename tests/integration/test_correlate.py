@@ -119,11 +119,12 @@ async def test_run_with_correlate_true_publishes_the_event_and_its_metrics(broke
 
         async def counted() -> bool:
             metrics = await scrape(port)
-            return metrics.get(("stream_detector_outage_event_messages_total",
+            return metrics.get(("stream_detector_outage_events_total",
                                 (("status", "resolved"),))) == 1
         await wait_for(counted)
         metrics = await scrape(port)
         assert metrics[("stream_detector_outage_events_open", ())] == 0
+        assert metrics[("stream_detector_outage_events_total", (("status", "firing"),))] == 1
         assert ("stream_detector_reports_total", (("outcome", "accepted"),)) in metrics
 
 
@@ -158,8 +159,11 @@ async def test_sigkill_resends_the_same_events_and_loses_none(broker, unique, tm
     await create_topic(broker.bootstrap_servers, settings.alerts_topic, 3)
     values = [orjson.dumps(a) for a in alerts]
     keys = [a["service"].encode() for a in alerts]
-    await produce(broker.bootstrap_servers, settings.alerts_topic, values[:len(first)],
-                  keys[:len(first)])
+    # A message that is not an alert, amid them: skipped, and said so.
+    await produce(broker.bootstrap_servers, settings.alerts_topic,
+                  values[:len(first) // 2] + [b"not an alert", b'{"alert_id": 5}']
+                  + values[len(first) // 2:len(first)],
+                  keys[:len(first) // 2] + [b"x", b"x"] + keys[len(first) // 2:len(first)])
 
     log = (tmp_path / "correlate.log").open("wb")
     proc = start_correlate(settings, log)
@@ -179,6 +183,7 @@ async def test_sigkill_resends_the_same_events_and_loses_none(broker, unique, tm
             proc.send_signal(signal.SIGTERM)
             proc.wait(timeout=30)
         log.close()
+    assert (tmp_path / "correlate.log").read_text().count("is not an alert; skipped") >= 2
     online = [orjson.loads(m.value) for m in messages]
     distinct = {orjson.dumps(e) for e in online}
     # Nothing lost, nothing made up: the messages are exactly those of the offline run...
