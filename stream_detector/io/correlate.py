@@ -111,11 +111,16 @@ class CorrelateService:
         s = self.settings
         consumer = AIOKafkaConsumer(**s.kafka_client_options(), group_id=s.correlate_group_id,
                                     enable_auto_commit=False, auto_offset_reset="earliest")
+        try:
+            await start_client(consumer, s)
+        except BaseException:
+            await consumer.stop()  # closes what the failed start opened
+            raise
         producer = build_producer(s)
-        await start_client(consumer, s)
         try:
             await start_client(producer, s)
         except BaseException:
+            await producer.stop()
             await consumer.stop()
             raise
         partitions: list[TopicPartition] = []

@@ -194,3 +194,15 @@ async def test_sigkill_resends_the_same_events_and_loses_none(broker, unique, tm
     resent = {orjson.dumps(e) for e in online[:before]} & {orjson.dumps(e) for e in after}
     assert resent, "the restart replayed nothing"
     assert len(rest) > 0
+
+
+def test_unreachable_broker_is_one_sentence_naming_the_setting():
+    result = subprocess.run(
+        [sys.executable, "-m", "stream_detector", "correlate", "--bootstrap-servers",
+         "127.0.0.1:1", "--startup-timeout", "0", "--metrics-port", "0", "--log-format", "text"],
+        capture_output=True, text=True, timeout=60,
+        env={k: v for k, v in os.environ.items() if not k.startswith("STREAM_DETECTOR_")})
+    assert result.returncode == 2
+    errors = [line for line in result.stderr.splitlines() if "error" in line]
+    assert len(errors) == 1 and "bootstrap_servers=127.0.0.1:1" in errors[0], result.stderr
+    assert "Traceback" not in result.stderr and "Unclosed" not in result.stderr
