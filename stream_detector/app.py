@@ -6,12 +6,12 @@ import asyncio
 import contextlib
 import gc
 import logging
-import signal
 from collections.abc import Callable
 
-from stream_detector.config import ConfigError, Settings
+from stream_detector.config import Settings
 from stream_detector.core.incidents import Alert
 from stream_detector.io.alertmanager import AlertmanagerClient, AlertmanagerForwarder
+from stream_detector.io.listening import start_listening
 from stream_detector.io.metrics import DetectorMetrics, MetricsServer
 from stream_detector.io.service import DetectorService
 
@@ -43,6 +43,33 @@ def tune_gc() -> None:
     gc.set_threshold(GC_YOUNG_THRESHOLD, middle, oldest)
 
 
+async def _listen(server: MetricsServer, settings: Settings, stop: asyncio.Event,
+                  install_signal_handlers: bool,
+                  on_listening: Callable[[int], None] | None) -> int:
+    """Start the metrics endpoint (a busy port is a setting to fix) and the signals."""
+    return await start_listening(server.start, settings.metrics_host, settings.metrics_port,
+                                 "metrics_port", stop, install_signal_handlers, on_listening,
+                                 "metrics")
+
+
+async def _stop_forwarding(forwarder: AlertmanagerForwarder | None,
+                           forwarding: asyncio.Task | None, timeout: float) -> None:
+    if forwarder is None or forwarding is None:
+        return
+    forwarding.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await forwarding
+    # Last alerts (often the resolves) get a bounded chance to go out.
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(forwarder.flush(), timeout)
+
+
+def _forwarder(settings: Settings) -> AlertmanagerForwarder | None:
+    if not settings.alertmanager_url:
+        return None
+    return AlertmanagerForwarder(AlertmanagerClient(settings.alertmanager_url))
+
+
 async def serve(
     settings: Settings,
     stop: asyncio.Event | None = None,
@@ -53,40 +80,60 @@ async def serve(
     """Run the detector until `stop` is set or SIGTERM/SIGINT arrives."""
     stop = stop or asyncio.Event()
     metrics = metrics or DetectorMetrics.for_settings(settings)
-    forwarder = None
+    forwarder = _forwarder(settings)
     on_alert = None
-    if settings.alertmanager_url:
-        forwarder = AlertmanagerForwarder(AlertmanagerClient(settings.alertmanager_url))
-
+    if forwarder is not None:
         async def on_alert(alert: Alert) -> None:
             forwarder.offer(alert)
 
     service = DetectorService(settings, metrics, on_alert=on_alert)
     server = MetricsServer(metrics, service.healthy, service.ready)
+    await _listen(server, settings, stop, install_signal_handlers, on_listening)
+    forwarding = asyncio.create_task(forwarder.run()) if forwarder else None
+    # correlate = true: the correlate stage beside the detector, for a single
+    # instance; it reads the alerts topic like the standalone one.
+    correlating = None
+    if settings.correlate:
+        from stream_detector.io.correlate import CorrelateMetrics, CorrelateService
+
+        correlating = asyncio.create_task(CorrelateService(
+            settings, CorrelateMetrics(metrics.registry), forwarder).run(stop))
+        # A stage that fails stops the process, whose error is then the stage's.
+        correlating.add_done_callback(
+            lambda task: task.cancelled() or task.exception() is None or stop.set())
     try:
-        port = await server.start(settings.metrics_host, settings.metrics_port)
-    except OSError as exc:
-        raise ConfigError(
-            f"setting metrics_port: cannot listen on {settings.metrics_host}:"
-            f"{settings.metrics_port} ({exc.strerror})"
-        ) from None
-    if install_signal_handlers:
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
-    log.info("metrics on port %d", port)
-    if on_listening is not None:
-        on_listening(port)
+        await service.run(stop)
+        if correlating is not None:
+            await correlating
+    finally:
+        if correlating is not None and not correlating.done():
+            stop.set()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(correlating, settings.shutdown_timeout)
+        await server.stop()
+        await _stop_forwarding(forwarder, forwarding, settings.shutdown_timeout)
+    log.info("stopped")
+
+
+async def serve_correlate(
+    settings: Settings,
+    stop: asyncio.Event | None = None,
+    install_signal_handlers: bool = False,
+    on_listening: Callable[[int], None] | None = None,
+) -> None:
+    """Run the correlate stage alone until `stop` is set or SIGTERM/SIGINT arrives."""
+    from stream_detector.io.correlate import CorrelateMetrics, CorrelateService
+
+    stop = stop or asyncio.Event()
+    forwarder = _forwarder(settings)
+    metrics = CorrelateMetrics()
+    service = CorrelateService(settings, metrics, forwarder)
+    server = MetricsServer(metrics, service.healthy, service.ready)
+    await _listen(server, settings, stop, install_signal_handlers, on_listening)
     forwarding = asyncio.create_task(forwarder.run()) if forwarder else None
     try:
         await service.run(stop)
     finally:
         await server.stop()
-        if forwarder is not None:
-            forwarding.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await forwarding
-            # Last alerts (often the resolves) get a bounded chance to go out.
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(forwarder.flush(), settings.shutdown_timeout)
-    log.info("stopped")
+        await _stop_forwarding(forwarder, forwarding, settings.shutdown_timeout)
+    log.info("correlate stopped")

@@ -116,6 +116,8 @@ class Label:
     shape: str
     is_outage: bool
     peak_multiplier: float = 0.0
+    group: str | None = None
+    """Outages of one cause (a provider and its dependants) share a group."""
 
     @property
     def name(self) -> str:
@@ -143,6 +145,7 @@ def load_labels(path: str | Path) -> list[Label]:
                 shape=str(item.get("shape", "")),
                 is_outage=bool(item.get("is_outage", True)),
                 peak_multiplier=float(item.get("peak_multiplier") or 0.0),
+                group=str(item["group"]) if item.get("group") else None,
             ))
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise ValueError(

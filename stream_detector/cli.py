@@ -96,6 +96,8 @@ EXAMPLES = {
                 "--direction both",
     "board": "example:\n  stream-detector board --bootstrap-servers kafka-1:9092 --port 8080 "
              "--grafana-url http://grafana:3000",
+    "correlate": "example:\n  stream-detector correlate --bootstrap-servers kafka-1:9092 "
+                 "--alertmanager-url http://alertmanager:9093",
     "demo": "example:\n  stream-detector demo",
 }
 
@@ -167,6 +169,9 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--seed", type=int, default=1, help="random seed; one seed, one traffic")
     sim.add_argument("--labels", metavar="FILE.json",
                      help="write the injected outages as a labels JSON file")
+    sim.add_argument("--provider-dependants", type=int, default=0, metavar="N",
+                     help="also inject a provider outage: one provider service and N "
+                     "dependants down at once, some only in one region")
 
     bt = command("backtest", "run the detector offline over a file",
                  description="Run the detector core offline over a file of reports "
@@ -186,6 +191,8 @@ def build_parser() -> argparse.ArgumentParser:
     bt.add_argument("--config", metavar="FILE.toml", help="TOML file of detector settings")
     bt.add_argument("--labels", metavar="FILE.json", help="with --events: the simulator's "
                     "labels JSON; prints recall, false incidents and detection delay")
+    bt.add_argument("--outages", metavar="FILE.jsonl", help="with --events: also group the "
+                    "incidents into outage events, as `correlate` would publish them")
     bt.add_argument("--plot", metavar="FILE.png", help="with --events: draw reports, the "
                     "normal band, labelled windows and incidents (needs the [plot] extra)")
 
@@ -208,6 +215,32 @@ def build_parser() -> argparse.ArgumentParser:
     _setting_flag(board, "log_format", "log lines; auto is json when stderr is not a terminal",
                   metavar="FORMAT")
     _setting_flag(board, "log_level", "lowest level logged", metavar="LEVEL")
+
+    corr = command("correlate", "group simultaneous incidents into outage events",
+                   description="Read the alerts topic and publish outage events (incidents of "
+                   "several services at once, grouped) to the outages topic; stops cleanly on "
+                   "SIGTERM or SIGINT. Flags override the environment, the --config file and "
+                   "the defaults.")
+    _add_kafka_flags(corr)
+    corr.add_argument("--config", metavar="FILE.toml", help="TOML file of settings")
+    _setting_flag(corr, "alerts_topic", "topic the alerts come in on", metavar="TOPIC")
+    _setting_flag(corr, "outages_topic", "topic outage events go out on", metavar="TOPIC")
+    _setting_flag(corr, "correlate_group_id", "consumer group of the correlate stage",
+                  metavar="GROUP")
+    _setting_flag(corr, "bucket", "bucket width of the detector's alerts", metavar="DURATION")
+    _setting_flag(corr, "correlate_window", "onsets this many buckets apart may group",
+                  metavar="BUCKETS")
+    _setting_flag(corr, "correlate_min_services", "fewest services an event starts with",
+                  metavar="N")
+    _setting_flag(corr, "providers", "comma-separated provider services", metavar="NAMES")
+    _setting_flag(corr, "metrics_port", "port of /metrics, /healthz, /readyz; 0 picks a free "
+                  "one", metavar="PORT")
+    _setting_flag(corr, "alertmanager_url", "push events and their members to this "
+                  "Alertmanager", metavar="URL")
+    _setting_flag(corr, "startup_timeout", "how long to keep trying an unreachable broker",
+                  metavar="DURATION")
+    _setting_flag(corr, "log_format", "log lines", metavar="FORMAT")
+    _setting_flag(corr, "log_level", "lowest level logged", metavar="LEVEL")
 
     command("demo", "everything on a local embedded broker, ends by itself",
             description=DEMO_DESCRIPTION)
@@ -307,12 +340,32 @@ def cmd_board(args: argparse.Namespace) -> int:
     return 0
 
 
+CORRELATE_FLAGS = (
+    "bootstrap_servers", "alerts_topic", "outages_topic", "correlate_group_id", "bucket",
+    "correlate_window", "correlate_min_services", "providers", "metrics_port",
+    "alertmanager_url", "startup_timeout", "log_format", "log_level", "security_protocol",
+    "ssl_cafile", "ssl_certfile", "ssl_keyfile", "sasl_mechanism", "sasl_username",
+    "sasl_password",
+)
+
+
+def cmd_correlate(args: argparse.Namespace) -> int:
+    settings = _service_settings(args, CORRELATE_FLAGS)
+    from stream_detector.app import serve_correlate
+
+    asyncio.run(serve_correlate(settings, install_signal_handlers=True))
+    return 0
+
+
 def cmd_backtest(args: argparse.Namespace) -> int:
     _check_writable("--output", args.output)
     _check_writable("--plot", args.plot)
+    _check_writable("--outages", args.outages)
     if args.input:
         if args.labels or args.plot:
             raise UsageError("--labels and --plot go with --events, not --input")
+        if args.outages:
+            raise UsageError("--outages goes with --events, not --input")
         from stream_detector.series_backtest import score_series_file
 
         try:
@@ -342,6 +395,8 @@ def cmd_backtest(args: argparse.Namespace) -> int:
           file=sys.stderr)
     if run.evaluation is not None:
         print(format_evaluation(run.evaluation))
+    if args.outages:
+        _backtest_outages(args.outages, settings, run.alerts, run.incidents, labels)
     if args.plot and run.history is not None:
         from stream_detector.plot import plot_backtest
 
@@ -349,6 +404,24 @@ def cmd_backtest(args: argparse.Namespace) -> int:
                                run.evaluation, config.bucket_ms, config.policy.band_spreads)
         print(f"{panels} panels -> {args.plot}", file=sys.stderr)
     return 0
+
+
+def _backtest_outages(path, settings, alerts, incidents, labels) -> None:
+    from stream_detector.outage_backtest import (
+        alert_messages,
+        correlate_alerts,
+        evaluate_grouping,
+        final_events,
+        format_grouping,
+    )
+
+    policy = settings.correlation_policy()
+    messages = correlate_alerts(alert_messages(alerts), policy, path)
+    events = final_events(messages)
+    print(f"{len(messages)} outage event messages, {len(events)} events -> {path}",
+          file=sys.stderr)
+    if labels is not None:
+        print(format_grouping(evaluate_grouping(events, incidents, labels, policy.min_services)))
 
 
 def _holds_no_lines(path: str) -> bool:
@@ -366,9 +439,12 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
     if args.services < 1 or args.days <= 0:
         raise UsageError("--services must be at least 1 and --days more than 0")
+    if args.provider_dependants < 0:
+        raise UsageError("--provider-dependants cannot be negative")
     _check_writable("--output", args.output)
     _check_writable("--labels", args.labels)
-    services, outages, reports = simulate(args.services, args.days, args.seed)
+    services, outages, reports = simulate(args.services, args.days, args.seed,
+                                          provider_dependants=args.provider_dependants)
     print(f"simulating {len(services)} services over {args.days:g} days; injected:",
           file=sys.stderr)
     for outage in outages:
@@ -408,7 +484,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"run": cmd_run, "simulate": cmd_simulate, "backtest": cmd_backtest, "board": cmd_board,
-            "demo": cmd_demo}
+            "correlate": cmd_correlate, "demo": cmd_demo}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

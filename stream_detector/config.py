@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from stream_detector.core.correlate import CorrelationPolicy
 from stream_detector.core.detector import DetectorConfig
 from stream_detector.core.incidents import IncidentPolicy
 from stream_detector.core.models import MODELS
@@ -189,6 +190,34 @@ def _flag(value: Any, setting: str) -> bool:
     raise _expected(setting, "true or false", value)
 
 
+def _names(value: Any, setting: str) -> tuple[str, ...]:
+    """A list of names: a TOML list of text, or text separated by commas."""
+    if isinstance(value, str):
+        items = [part.strip() for part in value.split(",") if part.strip()]
+    elif isinstance(value, list | tuple):
+        items = [_text(item, setting).strip() for item in value]
+    else:
+        raise _expected(setting, "a list of names", value)
+    return tuple(items)
+
+
+def _dependencies(value: Any, setting: str) -> dict[str, tuple[str, ...]]:
+    """Service -> providers: a TOML table (`netflix = ["aws"]`), or text like
+    `netflix=aws|akamai,hulu=aws` (the environment's form)."""
+    if isinstance(value, str):
+        table: dict[str, Any] = {}
+        for part in (p.strip() for p in value.split(",") if p.strip()):
+            name, sep, providers = part.partition("=")
+            if not sep or not name.strip():
+                raise ConfigError(f"setting {setting}: {part!r} is not service=provider|provider")
+            table[name.strip()] = [p.strip() for p in providers.split("|") if p.strip()]
+        value = table
+    if not isinstance(value, dict):
+        raise _expected(setting, "a table of service = [providers]", value)
+    return {_text(name, setting): _names(providers, f"{setting}.{name}")
+            for name, providers in value.items()}
+
+
 @dataclass(frozen=True)
 class Rule:
     """How one setting's value is read, and the values it may take."""
@@ -282,6 +311,22 @@ class Settings:
     board_port: int = _setting(DEFAULT_BOARD_PORT, _whole, low=0, high=65535)
     board_recent: float = _setting(DAY, parse_duration, low=60.0, high=30 * DAY)
     grafana_url: str | None = _setting(None, _http_url)
+    # The correlate stage (`stream-detector correlate`, or inside `run` with
+    # correlate = true): incidents of several services at once become one
+    # outage event on outages_topic (core/correlate.py says how it decides).
+    correlate: bool = _setting(False, _flag)
+    correlate_group_id: str = _setting("stream-detector-correlate", _text)
+    correlate_window: int = _setting(CorrelationPolicy.window_buckets, _whole, low=1, high=1440)
+    correlate_join: int = _setting(CorrelationPolicy.join_buckets, _whole, low=0, high=10_080)
+    correlate_min_services: int = _setting(CorrelationPolicy.min_services, _whole, low=2,
+                                           high=100_000)
+    correlate_max_chance: float = _setting(CorrelationPolicy.max_chance, _number, **_SCORE)
+    correlate_lookback: float = _setting(CorrelationPolicy.rate_lookback_ms / 1000,
+                                         parse_duration, low=HOUR, high=30 * DAY)
+    correlate_base_rate: float = _setting(CorrelationPolicy.base_onsets_per_hour, _number,
+                                          low=0.0, high=1e6, above_low=True)
+    providers: tuple[str, ...] = _setting((), _names)
+    dependencies: dict = _setting(None, _dependencies)
     log_format: str = _setting("auto", _text, choices=FORMATS)
     log_level: str = _setting("INFO", _upper_text, choices=LEVELS)
     checkpoint_interval: float = _setting(10.0, parse_duration, low=0.1, high=HOUR)
@@ -327,6 +372,19 @@ class Settings:
             model=self.model,
             regions=self.regions,
             policy=policy,
+        )
+
+    def correlation_policy(self) -> CorrelationPolicy:
+        return CorrelationPolicy(
+            bucket_ms=round(self.bucket * 1000),
+            window_buckets=self.correlate_window,
+            join_buckets=self.correlate_join,
+            min_services=self.correlate_min_services,
+            max_chance=self.correlate_max_chance,
+            rate_lookback_ms=round(self.correlate_lookback * 1000),
+            base_onsets_per_hour=self.correlate_base_rate,
+            providers=self.providers,
+            dependencies=dict(self.dependencies or {}),
         )
 
     def kafka_client_options(self) -> dict[str, Any]:

@@ -13,10 +13,11 @@ import contextlib
 import shutil
 import sys
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import replace
 from typing import TextIO
 
+import orjson
 from aiokafka import AIOKafkaConsumer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
@@ -25,7 +26,7 @@ from stream_detector.backtest import IncidentSpan, Label, covers, incident_spans
 from stream_detector.config import DEFAULT_BOARD_PORT, DEFAULT_METRICS_PORT, load_settings
 from stream_detector.core.incidents import CRITICAL, WARNING, Alert, Change
 from stream_detector.core.models.seasonal_poisson import DEFAULTS as SEASONAL_DEFAULTS
-from stream_detector.core.times import clock_minute, iso_utc, readable_minute
+from stream_detector.core.times import clock_minute, iso_ms, iso_utc, readable_minute
 from stream_detector.embedded import EmbeddedBroker, free_port
 from stream_detector.io.board import serve_board
 from stream_detector.logs import is_terminal
@@ -39,6 +40,8 @@ PARTITIONS = 3
 # An incident that ended up to this long before an injected outage began is
 # still counted as catching it.
 MATCH_LEAD_MS = 600_000
+# The provider outage's dependants: one provider and this many services at once.
+DEMO_DEPENDANTS = 4
 
 
 def _port(usual: int = DEFAULT_METRICS_PORT) -> int:
@@ -177,8 +180,8 @@ class DemoProgress:
             self.show()
 
 
-async def _show_alerts(bootstrap: str, topic: str, incidents: dict[str, list[Alert]],
-                       progress: DemoProgress) -> None:
+async def _consume(bootstrap: str, topic: str, handle: Callable[[bytes], None]) -> None:
+    """Read `topic` from its start and hand each message's value to `handle`, until cancelled."""
     consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap,
                                 auto_offset_reset="earliest")
     await consumer.start()
@@ -187,17 +190,49 @@ async def _show_alerts(bootstrap: str, topic: str, incidents: dict[str, list[Ale
             batch = await consumer.getmany(timeout_ms=200)
             for messages in batch.values():
                 for msg in messages:
-                    alert = Alert.from_json(msg.value)
-                    history = incidents.setdefault(alert.alert_id, [])
-                    if not history:  # the first message of an incident is its opening
-                        alert = replace(alert, change=Change.OPENED)
-                    history.append(alert)
-                    # Show openings, escalations and resolutions; not every update.
-                    if (alert.change is not Change.UPDATED
-                            or alert.severity != history[-2].severity):
-                        progress.print(_line(alert))
+                    handle(msg.value)
     finally:
         await consumer.stop()
+
+
+async def _show_alerts(bootstrap: str, topic: str, incidents: dict[str, list[Alert]],
+                       progress: DemoProgress) -> None:
+    def handle(raw: bytes) -> None:
+        alert = Alert.from_json(raw)
+        history = incidents.setdefault(alert.alert_id, [])
+        if not history:  # the first message of an incident is its opening
+            alert = replace(alert, change=Change.OPENED)
+        history.append(alert)
+        # Show openings, escalations and resolutions; not every update.
+        if alert.change is not Change.UPDATED or alert.severity != history[-2].severity:
+            progress.print(_line(alert))
+
+    await _consume(bootstrap, topic, handle)
+
+
+def _event_line(event: dict) -> str:
+    """An outage event as the demo shows it: services, the suspected cause, the span."""
+    names = ", ".join(f"{s}{f' in {r}' if r else ''}" for s, r, _ in event["services"])
+    cause = event["suspected_cause"] or "unknown"
+    span = clock_minute(iso_ms(event["started_at"]))
+    if event["ended_at"]:
+        span += f" .. {clock_minute(iso_ms(event['ended_at']))}"
+    return (f"  OUTAGE    {event['status'].upper():<8} {event['event_id']}  {span}  "
+            f"suspected cause {cause}: {names}")
+
+
+async def _show_outage_events(bootstrap: str, topic: str, events: dict[str, dict],
+                              progress: DemoProgress) -> None:
+    """Show an outage event when it forms, when a service joins it, and when it resolves."""
+    def handle(raw: bytes) -> None:
+        event = orjson.loads(raw)
+        before = events.get(event["event_id"])
+        events[event["event_id"]] = event
+        if (before is None or before["status"] != event["status"]
+                or len(before["services"]) != len(event["services"])):
+            progress.print(_event_line(event))
+
+    await _consume(bootstrap, topic, handle)
 
 
 async def run_demo(out=sys.stdout) -> int:
@@ -212,9 +247,11 @@ async def run_demo(out=sys.stdout) -> int:
             "bootstrap_servers": bootstrap, "metrics_port": port, "metrics_host": "127.0.0.1",
             "idle_timeout": "2s", "checkpoint_interval": "1s", "log_level": "WARNING",
             "board_port": board_port, "board_host": "127.0.0.1",
+            # The correlate stage in-process: the provider outage is one event.
+            "correlate": True, "providers": "aws,cloudflare",
         }, environ={})
         await _create_topics(bootstrap, [settings.reports_topic, settings.alerts_topic,
-                                         settings.dlq_topic])
+                                         settings.dlq_topic, settings.outages_topic])
         stop = asyncio.Event()
         detector = asyncio.create_task(serve(settings, stop))
         board = asyncio.create_task(serve_board(settings, stop))
@@ -222,7 +259,11 @@ async def run_demo(out=sys.stdout) -> int:
         progress = DemoProgress(out, incidents, int(SEASONAL_DEFAULTS["warmup_seconds"] * 1000))
         shower = asyncio.create_task(_show_alerts(bootstrap, settings.alerts_topic,
                                                   incidents, progress))
-        services, outages, reports = simulate(DEMO_SERVICES, DEMO_DAYS, DEMO_SEED)
+        events: dict[str, dict] = {}
+        event_shower = asyncio.create_task(_show_outage_events(
+            bootstrap, settings.outages_topic, events, progress))
+        services, outages, reports = simulate(DEMO_SERVICES, DEMO_DAYS, DEMO_SEED,
+                                              provider_dependants=DEMO_DEPENDANTS)
         print(f"broker on {bootstrap}; metrics on http://127.0.0.1:{port}/metrics", file=out)
         print(f"simulating {len(services)} services over {DEMO_DAYS:g} days at "
               f"{DEMO_SPEED:,.0f}x; injected:", file=out)
@@ -248,9 +289,10 @@ async def run_demo(out=sys.stdout) -> int:
         stop.set()
         await detector
         await board
-        shower.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await shower
+        for task in (shower, event_shower):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
 
     _summary(sent, outages, incidents, time.monotonic() - started, out)
     return 0

@@ -121,7 +121,11 @@ class Alert:
         incident only its reader knows (the first one it saw of that
         `alert_id`), and says so with `opened`.
         """
-        doc = orjson.loads(raw)
+        return cls.from_message(orjson.loads(raw), opened)
+
+    @classmethod
+    def from_message(cls, doc: dict, opened: bool = False) -> Alert:
+        """An alerts topic message already decoded (see `from_json`)."""
         if doc["status"] == RESOLVED:
             change = Change.RESOLVED
         else:

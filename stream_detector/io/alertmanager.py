@@ -18,10 +18,11 @@ import logging
 import urllib.error
 import urllib.request
 from collections import deque
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 import orjson
 
+from stream_detector.core.correlate import GroupedAlert
 from stream_detector.core.incidents import CRITICAL, WARNING, Alert, Change
 from stream_detector.core.times import iso_utc
 
@@ -35,8 +36,25 @@ class AlertmanagerError(RuntimeError):
     """Alertmanager could not be reached or refused the alerts; the message names the URL."""
 
 
-def to_alertmanager(alert: Alert, generator_url: str | None = None) -> dict:
-    """One alert as an Alertmanager v2 alert.
+@dataclass(frozen=True)
+class OutageEventAlert:
+    """An outage event message (the outages topic's JSON) to push as one alert."""
+
+    message: dict
+
+    @property
+    def change(self) -> Change:
+        return Change.RESOLVED if self.message["status"] == "resolved" else Change.UPDATED
+
+
+Pushed = Alert | GroupedAlert | OutageEventAlert
+"""What the forwarder pushes: a detector's alert, a correlate stage's member
+alert labelled with its outage event, or the event itself."""
+
+
+def to_alertmanager(alert: Alert, generator_url: str | None = None,
+                    outage_event: str | None = None) -> dict:
+    """One alert as an Alertmanager v2 alert; `outage_event` labels a member of one.
 
     >>> am = to_alertmanager(Alert(
     ...     Change.UPDATED, "shop", None, "warning", 1714564800000, 1714564980000, 60_000,
@@ -56,6 +74,10 @@ def to_alertmanager(alert: Alert, generator_url: str | None = None) -> dict:
     # one), so routes and inhibitions can match on its absence.
     if alert.region is not None:
         labels["region"] = alert.region
+    # Set by the correlate stage on a member incident of an outage event, so
+    # one route grouping by it pages once for the event (io/correlate.py).
+    if outage_event is not None:
+        labels["outage_event"] = outage_event
 
     where = f" in {alert.region}" if alert.region is not None else ""
     bucket_start = iso_utc(alert.bucket_start_ms)
@@ -87,7 +109,7 @@ def to_alertmanager(alert: Alert, generator_url: str | None = None) -> dict:
     return mapped
 
 
-def alertmanager_payload(alerts: list[Alert], generator_url: str | None = None) -> list[dict]:
+def alertmanager_payload(alerts: list[Pushed], generator_url: str | None = None) -> list[dict]:
     """The body to POST for a batch of alerts.
 
     Severity only rises within an incident, and it is a label, so a warning
@@ -103,16 +125,59 @@ def alertmanager_payload(alerts: list[Alert], generator_url: str | None = None) 
     [('critical', None), ('warning', '2024-05-01T12:05:00Z')]
     """
     payload = []
-    for alert in alerts:
-        payload.append(to_alertmanager(alert, generator_url))
+    for item in alerts:
+        if isinstance(item, OutageEventAlert):
+            payload.append(outage_event_to_alertmanager(item.message, generator_url))
+            continue
+        alert, event_id = ((item.alert, item.outage_event) if isinstance(item, GroupedAlert)
+                           else (item, None))
+        payload.append(to_alertmanager(alert, generator_url, event_id))
         if alert.severity == CRITICAL:
             ended = alert.ended_ms if alert.ended_ms is not None else alert.bucket_start_ms
             warning = replace(alert, severity=WARNING, change=Change.RESOLVED, ended_ms=ended)
-            payload.append(to_alertmanager(warning, generator_url))
+            payload.append(to_alertmanager(warning, generator_url, event_id))
     return payload
 
 
-def _format_top(counts: tuple[tuple[str, int], ...]) -> str:
+OUTAGE_ALERTNAME = "OutageEvent"
+
+
+def outage_event_to_alertmanager(event: dict, generator_url: str | None = None) -> dict:
+    """One outage event message (the outages topic's JSON) as an Alertmanager alert.
+
+    >>> am = outage_event_to_alertmanager({
+    ...     "event_id": "2024-05-01T12:00:00Z/aws", "status": "firing",
+    ...     "started_at": "2024-05-01T12:00:00Z", "ended_at": None,
+    ...     "services": [["aws", None, "aws/*/2024-05-01T12:00:00Z"],
+    ...                  ["shop", "BR", "shop/BR/2024-05-01T12:01:00Z"]],
+    ...     "suspected_cause": "aws", "regions": [["BR", 40]], "problems": [], "reports": 90})
+    >>> am["labels"]["outage_event"], am["labels"]["suspected_cause"], am["annotations"]["services"]
+    ('2024-05-01T12:00:00Z/aws', 'aws', 'aws, shop in BR')
+    """
+    labels = {"alertname": OUTAGE_ALERTNAME, "outage_event": str(event["event_id"]),
+              "severity": "critical"}
+    if event.get("suspected_cause"):
+        labels["suspected_cause"] = str(event["suspected_cause"])
+    names = [f"{s}{f' in {r}' if r else ''}" for s, r, _ in event["services"]]
+    cause = event.get("suspected_cause")
+    summary = (f"{len({s for s, _, _ in event['services']})} services down at once"
+               f"{f', suspected cause {cause}' if cause else ''}: {', '.join(names)}")
+    mapped: dict = {
+        "labels": labels,
+        "annotations": {"summary": summary, "services": ", ".join(names),
+                        "reports": str(event["reports"]),
+                        "regions": _format_top(event.get("regions") or []),
+                        "problems": _format_top(event.get("problems") or [])},
+        "startsAt": event["started_at"],
+    }
+    if event["status"] == "resolved":
+        mapped["endsAt"] = event["ended_at"]
+    if generator_url:
+        mapped["generatorURL"] = generator_url
+    return mapped
+
+
+def _format_top(counts) -> str:
     return ", ".join(f"{name} {count}" for name, count in counts)
 
 
@@ -129,7 +194,7 @@ class AlertmanagerClient:
         self.timeout = timeout
         self.generator_url = generator_url
 
-    async def push(self, alerts: list[Alert]) -> None:
+    async def push(self, alerts: list[Pushed]) -> None:
         """Send the alerts; raise `AlertmanagerError` if they were not accepted."""
         if not alerts:
             return
@@ -172,11 +237,11 @@ class AlertmanagerForwarder:
         self.client = client
         self.max_pending = max_pending
         self.batch_size = batch_size
-        self.pending: deque[Alert] = deque()
+        self.pending: deque[Pushed] = deque()
         self.wakeup = asyncio.Event()
         self.failures = 0
 
-    def offer(self, alert: Alert) -> None:
+    def offer(self, alert: Pushed) -> None:
         if len(self.pending) >= self.max_pending:
             for i, queued in enumerate(self.pending):
                 if queued.change is not Change.RESOLVED:

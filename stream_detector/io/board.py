@@ -16,7 +16,6 @@ import contextlib
 import hashlib
 import logging
 import re
-import signal
 import time
 from collections.abc import Callable
 from importlib import resources
@@ -26,9 +25,10 @@ import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
 
-from stream_detector.config import ConfigError, Settings
+from stream_detector.config import Settings
 from stream_detector.core.board_view import BadMessage, BoardView
 from stream_detector.io.clients import CONSUMER_FETCH, start_client, stop_client, watch_broker
+from stream_detector.io.listening import start_listening
 from stream_detector.io.metrics import HttpServer
 
 log = logging.getLogger("stream_detector.board")
@@ -276,20 +276,8 @@ async def serve_board(
     view = BoardView(recent_ms=int(settings.board_recent * 1000))
     feed = BoardFeed(settings, view)
     server = BoardServer(view, feed, settings.grafana_url)
-    try:
-        port = await server.start(settings.board_host, settings.board_port)
-    except OSError as exc:
-        raise ConfigError(
-            f"setting board_port: cannot listen on {settings.board_host}:"
-            f"{settings.board_port} ({exc.strerror})"
-        ) from None
-    if install_signal_handlers:
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
-    log.info("board on port %d", port)
-    if on_listening is not None:
-        on_listening(port)
+    await start_listening(server.start, settings.board_host, settings.board_port, "board_port",
+                          stop, install_signal_handlers, on_listening, "board")
     try:
         await feed.run(stop)
     finally:

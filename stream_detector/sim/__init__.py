@@ -16,6 +16,7 @@ from stream_detector.sim.scenarios import (
     SHAPES,
     Outage,
     plan_outages,
+    plan_provider_outage,
     warmup_ms,
     write_labels,
 )
@@ -58,6 +59,7 @@ def simulate(
     seed: int,
     start_ms: int | None = None,
     outages: int | None = None,
+    provider_dependants: int = 0,
 ) -> tuple[list[ServiceProfile], list[Outage], Iterator[dict]]:
     """Services, the outages injected into them, and the reports, made lazily in time order.
 
@@ -70,4 +72,10 @@ def simulate(
     profiles = make_services(services, rng)
     count = default_outage_count(services, days) if outages is None else outages
     planned = plan_outages(profiles, start, days, rng, count)
+    if provider_dependants > 0:
+        # One provider outage on top, with this many dependants. It draws from
+        # its own generator, so the other outages of a seed stay where they were.
+        planned = sorted(planned + plan_provider_outage(
+            profiles, start, days, random.Random(seed + 1), provider_dependants, planned),
+            key=lambda o: (o.start_ms, o.service))
     return profiles, planned, generate_reports(profiles, planned, start, days, rng)

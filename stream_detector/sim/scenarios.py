@@ -81,6 +81,8 @@ class Outage:
     peak_multiplier: float
     region: str | None
     ramp_ms: int
+    group: str | None = None
+    """Outages of one cause share a group: a provider's and its dependants'."""
 
     @property
     def is_outage(self) -> bool:
@@ -128,6 +130,7 @@ class Outage:
             "shape": self.shape,
             "peak_multiplier": round(self.peak_multiplier, 3),
             "is_outage": self.is_outage,
+            **({"group": self.group} if self.group else {}),
         }
 
 
@@ -292,3 +295,66 @@ def _quiet_region(service: ServiceProfile) -> str:
     """The region whose 40-fold rise about doubles the service total (share near 2.5%)."""
     others = [(region, share) for region, share in service.regions if region != service.home]
     return min(others, key=lambda rs: abs(rs[1] - 0.025))[0]
+
+
+# --- a provider outage: one cause, many services --------------------------------
+
+# The dependants' onsets spread over this many minutes after the provider's.
+PROVIDER_SPREAD_MIN = 3
+PROVIDER_MINUTES = (60, 150)
+PROVIDER_TRIES = 20
+PROVIDER_NAMES = ("aws", "cloudflare", "azure", "gcp", "akamai", "fastly")
+
+
+def plan_provider_outage(
+    services: Sequence[ServiceProfile],
+    start_ms: int,
+    days: float,
+    rng: random.Random,
+    dependants: int,
+    taken: Sequence[Outage] = (),
+    regional_share: float = 0.3,
+) -> list[Outage]:
+    """A `provider` outage: one provider service and `dependants` services that run
+    on it, down together within a few minutes, some of them only in one region
+    (a provider's region failing). All share one `group`, the provider's name
+    and start, which `backtest --labels` scores grouping against. Services busy
+    with another injected outage near the time are not used; with too few
+    services free, fewer dependants are taken (none at all: an empty list).
+    """
+    visible = [s for s in services if s.peak_rate >= VISIBLE_RATE]
+    end_ms = start_ms + int(days * DAY_MS)
+    duration = round(rng.uniform(*PROVIDER_MINUTES)) * MINUTE_MS
+    # A few tries for a time when enough services are free of other outages.
+    best: tuple[int, list[ServiceProfile]] | None = None
+    for _ in range(PROVIDER_TRIES):
+        start = _pick_start("sudden", start_ms + warmup_ms(days),
+                            end_ms - TAIL_MS - duration, rng)
+        if start is None:
+            return []
+        free = [s for s in visible
+                if all(o.service != s.name or o.end_ms + GAP_MS <= start
+                       or o.start_ms >= start + duration + GAP_MS for o in taken)]
+        if best is None or len(free) > len(best[1]):
+            best = (start, free)
+        if len(free) > dependants:
+            break
+    start, free = best
+    if len(free) < 2:
+        return []
+    rng.shuffle(free)
+    # A service named like a provider plays the provider when one is free.
+    free.sort(key=lambda s: s.name not in PROVIDER_NAMES)
+    provider, others = free[0], free[1:1 + dependants]
+    group = f"provider:{provider.name}@{iso_utc(start)}"
+    outages = [Outage(provider.name, start, start + duration, "provider",
+                      rng.uniform(15, 30), None, 2 * MINUTE_MS, group)]
+    for service in others:
+        onset = start + rng.randint(0, PROVIDER_SPREAD_MIN) * MINUTE_MS
+        regional = len(service.regions) >= 3 and service.peak_rate >= REGIONAL_RATE and (
+            rng.random() < regional_share)
+        region = _quiet_region(service) if regional else None
+        multiplier = rng.uniform(30, 50) if regional else rng.uniform(10, 30)
+        outages.append(Outage(service.name, onset, start + duration, "dependant", multiplier,
+                              region, 2 * MINUTE_MS, group))
+    return outages
