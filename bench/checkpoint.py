@@ -116,7 +116,7 @@ async def detector_run(bootstrap: str, n: int, group: str, interval: str) -> tup
     service = DetectorService(settings)
     rate = await consume_all(service, n)
     # The store numbers each partition's snapshots; their sum is how many were written.
-    return rate, sum(service.shell.store.generation.values())
+    return rate, sum(service.shell.store.slots.generation.values())
 
 
 async def main() -> None:

@@ -129,15 +129,39 @@ def _upper_text(value: Any, setting: str) -> str:
     return _text(value, setting).strip().upper()
 
 
+# A host name or IPv4 address, or an IPv6 address in brackets, then an optional port.
+_SERVER = re.compile(r"(?:\[[0-9A-Fa-f:.]*:[0-9A-Fa-f:.]*\]|[^\s:\[\]/,]+)(?::(\d*))?")
+
+
 def _servers(value: Any, setting: str) -> str:
     text = _text(value, setting)
     for entry in text.split(","):
-        host, colon, port = entry.strip().rpartition(":")
-        if not entry.strip() or (colon and not host):
+        if not entry.strip():
             raise ConfigError(f"setting {setting}: {text!r} is not a list of HOST:PORT")
-        if colon and "]" not in port and not (port.isdigit() and 0 < int(port) <= 65535):
+        found = _SERVER.fullmatch(entry.strip())
+        if found is None:
+            raise ConfigError(
+                f"setting {setting}: {entry.strip()!r} in {text!r} is not HOST:PORT "
+                "(an IPv6 address goes in brackets, as in [::1]:9092)"
+            )
+        port = found.group(1)
+        if port is not None and not (port.isdigit() and 0 < int(port) <= 65535):
             raise ConfigError(f"setting {setting}: {port!r} in {text!r} is not a TCP port")
     return text
+
+
+_TOPIC = re.compile(r"[a-zA-Z0-9._-]{1,249}")
+
+
+def _topic(value: Any, setting: str) -> str:
+    """A name the broker accepts for a topic (Kafka's rule), so a bad one fails here, not later."""
+    name = _text(value, setting)
+    if not _TOPIC.fullmatch(name) or name in (".", ".."):
+        raise ConfigError(
+            f"setting {setting}: {name[:60]!r}{'...' if len(name) > 60 else ''} is not a Kafka "
+            "topic name (1 to 249 of a-z A-Z 0-9 . _ -, and not '.' or '..')"
+        )
+    return name
 
 
 def _http_url(value: Any, setting: str) -> str | None:
@@ -270,10 +294,10 @@ _SCORE = {"low": 0.0, "high": 1.0, "above_low": True}
 class Settings:
     bootstrap_servers: str = _setting("localhost:9092", _servers)
     group_id: str = _setting("stream-detector", _text)
-    reports_topic: str = _setting("reports", _text)
-    alerts_topic: str = _setting("alerts", _text)
-    dlq_topic: str = _setting("reports.dlq", _text)
-    state_topic: str = _setting("stream-detector.state", _text)
+    reports_topic: str = _setting("reports", _topic)
+    alerts_topic: str = _setting("alerts", _topic)
+    dlq_topic: str = _setting("reports.dlq", _topic)
+    state_topic: str = _setting("stream-detector.state", _topic)
     # The core's defaults, in the seconds a user writes.
     bucket: float = _setting(DetectorConfig.bucket_ms / 1000, parse_duration,
                              low=1.0, high=HOUR, why=_BUCKET_WHY)
@@ -303,7 +327,7 @@ class Settings:
     metrics_port: int = _setting(DEFAULT_METRICS_PORT, _whole, low=0, high=65535)
     metrics_max_services: int = _setting(200, _whole, low=1, high=100_000)
     alertmanager_url: str | None = _setting(None, _http_url)
-    outages_topic: str = _setting("outages", _text)
+    outages_topic: str = _setting("outages", _topic)
     # The status board (`stream-detector board`): where it listens, how long a
     # resolved incident or outage event stays on it (in the alerts' own time),
     # and the Grafana whose stream-detector dashboard each service links to.

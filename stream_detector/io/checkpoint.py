@@ -24,9 +24,12 @@ from the last checkpoint.
 A commit the group refuses (a rebalance, a coordinator that forgot the
 member) leaves the state consistent: the snapshot just stored is ahead of the
 committed offset, and the store keeps the one before it in its other slot
-(see `io/state.py`). Until a commit covers that partition's stored snapshot,
-its next snapshot is not stored, which would overwrite the slot the committed
-offset needs; its stored position is committed again instead.
+(see `io/state.py`). The store is told each commit that succeeds, and only
+then gives up the slot the previous committed offset needed, so this holds
+across any number of refused commits and crashes. Until a commit covers that
+partition's stored snapshot, its next snapshot is not stored; its stored
+position is committed again instead, so the committed offset catches up with
+what is stored rather than chasing newer snapshots.
 """
 
 from __future__ import annotations
@@ -73,6 +76,10 @@ class SnapshotStore(Protocol):
 
     async def load(self, partition: int, committed: int | None) -> StoredSnapshot | None:
         """The newest stored snapshot not ahead of `committed`."""
+        ...
+
+    def committed(self, partition: int, offset: int) -> None:
+        """`offset` of `partition` is committed: the snapshot it restores is the one to keep."""
         ...
 
 
@@ -184,8 +191,10 @@ class Checkpointer:
                 log.warning("commit refused; the stored state stays consistent",
                             extra={"error": repr(exc)})
             else:
-                for tp in commit:
+                for tp, offset in commit.items():
                     self.uncommitted.pop(tp, None)
+                    if self.store is not None:
+                        self.store.committed(tp.partition, offset)
         return changed
 
     async def _store(self, partition: int, data: bytes, position: Position) -> None:

@@ -196,10 +196,23 @@ class OwnedPartitions(ConsumerRebalanceListener):
                 state.detectors[tp.partition] = kept
                 log.info("partition resumes with the state kept through its reset",
                          extra={"partition": tp.partition, "series": len(kept.bank)})
+            begin = (await self.consumer.beginning_offsets([tp]))[tp]
             if committed is None or kept is not None:  # never consumed, or reset
-                self.seek(tp, (await self.consumer.beginning_offsets([tp]))[tp])
-            else:
-                self.seek(tp, committed)  # checked by the fetch's range only
+                self.seek(tp, begin)
+                return
+            if self.store is not None and committed > begin:
+                # Reports before the committed offset were counted into a state
+                # that is gone: say so rather than start from nothing in silence.
+                log.warning(
+                    "partition %d: no stored snapshot in %s is usable at committed offset %d "
+                    "(the log starts at %d); resuming there with empty state, so what was "
+                    "learned from the reports before it is lost", tp.partition,
+                    self.settings.state_topic if self.settings.state_store == "kafka"
+                    else self.settings.state_dir, committed, begin,
+                    extra={"partition": tp.partition, "committed": committed,
+                           "log_start": begin},
+                )
+            self.seek(tp, committed)  # checked by the fetch's range only
             return
         detector = snapshot.decode(stored.data, state.config, self.clocks.wall_ms())
         state.detectors[tp.partition] = detector

@@ -1,12 +1,17 @@
 """Where partition snapshots live: a compacted Kafka changelog topic, or a local directory.
 
-Both stores keep two slots per partition and write them in turn. A snapshot
-is tagged with the source offset it covers; offsets are committed only after
-it is stored (see `io/checkpoint.py`). If the process dies between
-storing and committing, the newest snapshot covers reports whose offsets were
-never committed; replaying those onto it would count them twice, so `load`
-takes the newest snapshot that is not ahead of the committed offset, which is
-the other slot's.
+Both stores keep two slots per partition. A snapshot is tagged with the
+source offset it covers; offsets are committed only after it is stored (see
+`io/checkpoint.py`). If the process dies between storing and committing, the
+newest snapshot covers reports whose offsets were never committed; replaying
+those onto it would count them twice, so `load` takes the newest snapshot that
+is not ahead of the committed offset, which is the other slot's.
+
+Which slot a new snapshot goes to follows from what is committed, not from
+the generation's parity (`Slots`): the slot holding the snapshot the committed
+offset restores is kept until a newer snapshot's commit succeeds. Counting on
+by parity would let a process that restored the older slot, and whose first
+commit is refused too, overwrite the only snapshot its committed offset has.
 
 In Kafka, snapshot `p` goes to partition `p % partitions` of the changelog,
 keyed `<p>/<slot>/<chunk>` plus a manifest `<p>/<slot>/m`, so one partition's
@@ -19,7 +24,7 @@ from __future__ import annotations
 import asyncio
 import os
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import orjson
@@ -60,6 +65,48 @@ def _pick(candidates: list[StoredSnapshot], committed: int | None) -> StoredSnap
     return max(usable, key=lambda s: s.generation, default=None)
 
 
+class Slots:
+    """Per partition, what each slot holds and which one a new snapshot may overwrite."""
+
+    def __init__(self) -> None:
+        self.held: dict[int, dict[int, StoredSnapshot]] = {}
+        self.committed: dict[int, int] = {}
+        self.generation: dict[int, int] = {}
+        """The newest generation stored per partition (their sum: snapshots written)."""
+
+    def loaded(
+        self, partition: int, found: dict[int, StoredSnapshot], committed: int | None
+    ) -> StoredSnapshot | None:
+        """Record what `load` found in each slot; return the snapshot `committed` restores."""
+        # Only what the choice needs: the snapshots' bytes are the caller's.
+        self.held[partition] = {slot: replace(s, data=b"") for slot, s in found.items()}
+        if committed is None:
+            self.committed.pop(partition, None)
+        else:
+            self.committed[partition] = committed
+        if found:
+            self.generation[partition] = max(s.generation for s in found.values())
+        return _pick(list(found.values()), committed)
+
+    def commit(self, partition: int, offset: int) -> None:
+        """`offset` is committed: the snapshot it restores is the one to keep from now on."""
+        self.committed[partition] = offset
+
+    def next(self, partition: int) -> tuple[int, int]:
+        """The slot and generation of the partition's next snapshot."""
+        generation = self.generation.get(partition, 0) + 1
+        held = self.held.get(partition, {})
+        kept = _pick(list(held.values()), self.committed.get(partition))
+        if kept is None:  # no snapshot the committed offset needs: take turns
+            return generation % 2, generation
+        slot = next(slot for slot, s in held.items() if s is kept)
+        return 1 - slot, generation
+
+    def stored(self, partition: int, slot: int, snapshot: StoredSnapshot) -> None:
+        self.held.setdefault(partition, {})[slot] = replace(snapshot, data=b"")
+        self.generation[partition] = snapshot.generation
+
+
 class LocalSnapshotStore:
     """Snapshots as files, for a single process without a broker-side changelog."""
 
@@ -71,13 +118,13 @@ class LocalSnapshotStore:
             raise StoreUnwritable(
                 f"setting state_dir: cannot use {directory} as a directory ({exc.strerror})"
             ) from None
-        self.generation: dict[int, int] = {}
+        self.slots = Slots()
 
     async def ensure_topic(self, partitions: int) -> None:
         """Nothing to create: the directory exists since the store was made."""
 
     async def load(self, partition: int, committed: int | None) -> StoredSnapshot | None:
-        found = []
+        found = {}
         for slot in (0, 1):
             path = self.directory / f"partition-{partition}.{slot}.snap"
             if not path.exists():
@@ -86,18 +133,18 @@ class LocalSnapshotStore:
             header, _, data = raw.partition(b"\n")
             meta = orjson.loads(header)
             if zlib.crc32(data) == meta["crc"]:
-                found.append(StoredSnapshot(data, meta["offset"], meta["generation"],
-                                            meta.get("mark")))
-        if found:
-            self.generation[partition] = max(s.generation for s in found)
-        return _pick(found, committed)
+                found[slot] = StoredSnapshot(data, meta["offset"], meta["generation"],
+                                             meta.get("mark"))
+        return self.slots.loaded(partition, found, committed)
+
+    def committed(self, partition: int, offset: int) -> None:
+        self.slots.commit(partition, offset)
 
     async def save(
         self, partition: int, data: bytes, offset: int, mark: str | None = None
     ) -> None:
-        generation = self.generation.get(partition, 0) + 1
-        self.generation[partition] = generation
-        path = self.directory / f"partition-{partition}.{generation % 2}.snap"
+        slot, generation = self.slots.next(partition)
+        path = self.directory / f"partition-{partition}.{slot}.snap"
         header = orjson.dumps({"generation": generation, "offset": offset, "mark": mark,
                                "crc": zlib.crc32(data)})
         tmp = path.with_suffix(".tmp")
@@ -113,6 +160,7 @@ class LocalSnapshotStore:
                 f"setting state_dir: cannot write a snapshot to {self.directory} "
                 f"({exc.strerror}); stopping without a checkpoint"
             ) from None
+        self.slots.stored(partition, slot, StoredSnapshot(data, offset, generation, mark))
 
 
 class KafkaSnapshotStore:
@@ -123,7 +171,7 @@ class KafkaSnapshotStore:
         self.client_options = client_options
         self.topic = topic
         self.partitions = 1
-        self.generation: dict[int, int] = {}
+        self.slots = Slots()
 
     async def ensure_topic(self, partitions: int) -> None:
         """Create the changelog (compacted) if missing; use as many partitions as it has."""
@@ -149,9 +197,7 @@ class KafkaSnapshotStore:
     async def save(
         self, partition: int, data: bytes, offset: int, mark: str | None = None
     ) -> None:
-        generation = self.generation.get(partition, 0) + 1
-        self.generation[partition] = generation
-        slot = generation % 2
+        slot, generation = self.slots.next(partition)
         target = partition % self.partitions
         chunks = [data[i:i + CHUNK_BYTES] for i in range(0, len(data), CHUNK_BYTES)] or [b""]
         futures = []
@@ -168,6 +214,10 @@ class KafkaSnapshotStore:
             partition=target,
         ))
         await asyncio.gather(*futures)
+        self.slots.stored(partition, slot, StoredSnapshot(data, offset, generation, mark))
+
+    def committed(self, partition: int, offset: int) -> None:
+        self.slots.commit(partition, offset)
 
     async def load(self, partition: int, committed: int | None) -> StoredSnapshot | None:
         tp = TopicPartition(self.topic, partition % self.partitions)
@@ -190,15 +240,13 @@ class KafkaSnapshotStore:
                 window *= 4
         finally:
             await consumer.stop()
-        if found:
-            self.generation[partition] = max(s.generation for s in found)
-        return _pick(found, committed)
+        return self.slots.loaded(partition, found, committed)
 
     @staticmethod
     def _complete_snapshots(
         latest: dict[str, tuple[bytes, int]], partition: int
-    ) -> list[StoredSnapshot]:
-        found = []
+    ) -> dict[int, StoredSnapshot]:
+        found = {}
         for slot in (0, 1):
             raw = latest.get(f"{partition}/{slot}/m")
             if raw is None:
@@ -209,8 +257,8 @@ class KafkaSnapshotStore:
                 continue  # a chunk is outside the tail read, or that write never finished
             data = b"".join(p[0] for p in parts)
             if zlib.crc32(data) == meta["crc"]:
-                found.append(StoredSnapshot(data, meta["offset"], meta["generation"],
-                                            meta.get("mark")))
+                found[slot] = StoredSnapshot(data, meta["offset"], meta["generation"],
+                                             meta.get("mark"))
         return found
 
     @staticmethod

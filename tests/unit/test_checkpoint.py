@@ -8,6 +8,7 @@ from aiokafka.errors import CommitFailedError, KafkaTimeoutError
 
 from stream_detector.io.checkpoint import Checkpointer, CheckpointFailed, Position
 from stream_detector.io.publisher import DeliveryFailed
+from stream_detector.io.state import LocalSnapshotStore
 
 P0, P1 = TopicPartition("reports", 0), TopicPartition("reports", 1)
 
@@ -44,6 +45,9 @@ class Journal:
 
     async def load(self, partition, committed):
         return None
+
+    def committed(self, partition, offset) -> None:
+        """The journal keeps no slots; commits are in its events."""
 
     def clock(self) -> float:
         return self.now
@@ -171,3 +175,47 @@ async def test_the_mark_checked_is_the_one_taken_at_the_last_checkpoint():
     for offset, mark in ((100, "m100"), (150, "m150"), (200, "m200")):
         await cp.checkpoint({P0: Position(offset, mark)}, snapshots)
     assert checked == [{P0: "m100"}, {P0: "m100"}, {P0: "m150"}]
+
+
+def state_at(offset: int):
+    return lambda partition: f"at-{offset}".encode()
+
+
+async def test_two_crashes_each_after_a_refused_commit_keep_the_snapshot_the_commit_needs(
+    tmp_path,
+):
+    log = Journal()
+
+    def process(store):
+        return Checkpointer(log.deliver, log, store, interval=5.0, store_timeout=10.0,
+                            clock=log.clock, sleep=log.sleep)
+
+    # Process 1 commits 100, then stores 200 whose commit is refused, and dies.
+    store = LocalSnapshotStore(tmp_path)
+    assert await store.load(0, committed=None) is None
+    first = process(store)
+    await first.checkpoint({P0: Position(100, "m100")}, state_at(100))
+    log.commit_fails = True
+    await first.checkpoint({P0: Position(200, "m200")}, state_at(200))
+
+    # Process 2 restores 100, stores 300 whose commit is refused too, and dies.
+    store = LocalSnapshotStore(tmp_path)
+    assert (await store.load(0, committed=100)).data == b"at-100"
+    await process(store).checkpoint({P0: Position(300, "m300")}, state_at(300))
+    assert [e for e in log.events if e[0] == "commit"] == [("commit", {P0: 100})]
+
+    # Process 3 still finds what the committed offset restores.
+    store = LocalSnapshotStore(tmp_path)
+    restored = await store.load(0, committed=100)
+    assert (restored.data, restored.offset, restored.mark) == (b"at-100", 100, "m100")
+
+    # Once a newer snapshot's commit succeeds, the old slot is free again.
+    log.commit_fails = False
+    third = process(store)
+    await third.checkpoint({P0: Position(400, "m400")}, state_at(400))
+    await third.checkpoint({P0: Position(500, "m500")}, state_at(500))
+    assert log.events[-1] == ("commit", {P0: 500})
+    reopened = LocalSnapshotStore(tmp_path)
+    assert (await reopened.load(0, committed=500)).data == b"at-500"
+    assert (await reopened.load(0, committed=400)).data == b"at-400"
+    assert await reopened.load(0, committed=100) is None

@@ -88,6 +88,15 @@ PROBE = [
     ('state_store = "s3"', "state_store", "is not one of"),
     ('bootstrap_servers = "broker:99999"', "bootstrap_servers", "is not a TCP port"),
     ('bootstrap_servers = "a:1,,b:2"', "bootstrap_servers", "not a list of HOST:PORT"),
+    ('bootstrap_servers = "[::1"', "bootstrap_servers", "'[::1' in '[::1' is not HOST:PORT"),
+    ('bootstrap_servers = "a:1,::1:9092"', "bootstrap_servers", "IPv6 address goes in brackets"),
+    ('bootstrap_servers = "[::1]:0"', "bootstrap_servers", "'0' in '[::1]:0' is not a TCP port"),
+    # Topic names as Kafka takes them.
+    ('reports_topic = "bad topic/name"', "reports_topic", "is not a Kafka topic name"),
+    (f'alerts_topic = "{"a" * 250}"', "alerts_topic", "1 to 249 of"),
+    ('dlq_topic = ".."', "dlq_topic", "not '.' or '..'"),
+    ('state_topic = "snap\u00e9"', "state_topic", "is not a Kafka topic name"),
+    ('outages_topic = "o:1"', "outages_topic", "is not a Kafka topic name"),
     ('alertmanager_url = "alertmanager:9093"', "alertmanager_url", "is not a URL"),
     ('alertmanager_url = "http://"', "alertmanager_url", "is not a URL"),
     # Settings that only mean something together.
@@ -278,3 +287,13 @@ def test_a_client_certificate_and_its_key_are_checked_together(tmp_path, pems):
     assert not_a_key.startswith("setting ssl_keyfile: ") and "holds no PEM private key" in not_a_key
     key_alone = tls(tmp_path, f'ssl_keyfile = "{key}"')
     assert key_alone.startswith("setting ssl_keyfile: needs ssl_certfile")
+
+
+def test_names_kafka_takes_are_accepted(tmp_path):
+    longest = "t" * 249
+    settings = from_toml(
+        tmp_path,
+        f'reports_topic = "in.reports_v-2"\nalerts_topic = "{longest}"\n'
+        'bootstrap_servers = "broker-1.example,[fe80::1]:9092,[::1],10.0.0.1:9093"',
+    )
+    assert (settings.reports_topic, settings.alerts_topic) == ("in.reports_v-2", longest)
