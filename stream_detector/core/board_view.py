@@ -42,7 +42,13 @@ POINTS_PER_INCIDENT = 120
 
 # Why a message was skipped. The board reads topics it does not own, so it
 # counts and skips what it cannot use rather than stopping.
-REASONS = ("not_json", "not_object", "missing_field", "bad_type", "bad_timestamp")
+REASONS = ("not_json", "not_object", "missing_field", "bad_type", "bad_timestamp", "too_deep")
+# A count the board keeps in a 64-bit array; a larger one is no count of reports.
+MAX_COUNT = 2**63 - 1
+# Nesting a message may have. The contracts' messages nest three levels; orjson
+# reads 1024 but writes at most 254, so a message kept deeper than that could be
+# read yet never served again.
+MAX_DEPTH = 32
 
 
 class BadMessage(ValueError):
@@ -77,7 +83,19 @@ def _decode(raw: bytes) -> dict:
         raise BadMessage("not_json", "the value is not JSON") from None
     if not isinstance(message, dict):
         raise BadMessage("not_object", "the value is not a JSON object")
+    _check_depth(message)
     return message
+
+
+def _check_depth(message: dict) -> None:
+    level: list = [message]
+    for _ in range(MAX_DEPTH):
+        level = [child for value in level
+                 for child in (value.values() if isinstance(value, dict) else value)
+                 if isinstance(child, dict | list)]
+        if not level:
+            return
+    raise BadMessage("too_deep", f"the value nests deeper than {MAX_DEPTH} levels")
 
 
 def _field(message: dict, name: str, kinds: type | tuple[type, ...], nullable: bool = False):
@@ -231,6 +249,8 @@ class BoardView:
         _name(alert, "severity")
         bucket_ms = parse_time(alert.get("bucket_start"), "bucket_start")
         reports = _field(alert, "reports", int)
+        if not 0 <= reports <= MAX_COUNT:
+            raise BadMessage("bad_type", "reports is not a count")
         expected = _field(alert, "expected", int | float)
         for name in ("regions", "problems"):
             _counts(alert, name)

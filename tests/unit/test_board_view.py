@@ -122,6 +122,13 @@ def test_resolved_stay_on_the_board_for_the_recent_window_of_the_messages_own_ti
     (orjson.dumps({**alert("x", 0, 0), "service": ""}), "bad_type"),
     (orjson.dumps({**alert("x", 0, 0), "reports": "many"}), "bad_type"),
     (orjson.dumps({**alert("x", 0, 0), "regions": [["US"]]}), "bad_type"),
+    # Past a 64-bit count: once crashed the board, at every restart.
+    (orjson.dumps({**alert("x", 0, 0), "reports": 2**63}), "bad_type"),
+    (orjson.dumps({**alert("x", 0, 0), "reports": 2**64 - 1}), "bad_type"),
+    (orjson.dumps({**alert("x", 0, 0), "reports": -1}), "bad_type"),
+    # Deeper than orjson writes: kept, it made every answer that held it fail.
+    (orjson.dumps(alert("x", 0, 0))[:-1] + b',"extra":' + b"[" * 300 + b"]" * 300 + b"}",
+     "too_deep"),
     (orjson.dumps({**alert("x", 0, 0), "started_at": "yesterday"}), "bad_timestamp"),
     (orjson.dumps({**alert("x", 0, 0), "bucket_start": "2026-01-08T19:07:00"}), "bad_timestamp"),
     (orjson.dumps({**alert("x", 0, 0, "resolved")}), "missing_field"),
@@ -136,13 +143,19 @@ def test_an_unusable_alert_is_refused_with_its_reason_and_counted(raw, reason):
     assert (view.version, view.incidents()) == before
 
 
-def test_an_unusable_outage_event_is_refused():
+@pytest.mark.parametrize(("raw", "reason"), [
+    (orjson.dumps({**event("e1", 0, [("a", 0)]), "services": [["a", None]]}), "bad_type"),
+    (orjson.dumps(event("e1", 0, [("a", 0)]))[:-1] + b',"x":{"y":' + b"[" * 300
+     + b"]" * 300 + b"}}", "too_deep"),
+])
+def test_an_unusable_outage_event_is_refused(raw, reason):
     view = BoardView()
-    broken = {**event("e1", 0, [("a", 0)]), "services": [["a", None]]}
     with pytest.raises(BadMessage) as refused:
-        view.apply_outage(orjson.dumps(broken))
-    assert refused.value.reason == "bad_type"
+        view.apply_outage(raw)
+    assert refused.value.reason == reason
     assert view.outages() == []
+    # What the board serves can still be written.
+    orjson.dumps(view.board(10))
 
 
 def test_sparkline_points_are_per_bucket_sorted_without_repeats_and_capped():
