@@ -17,7 +17,8 @@ from tests.unit.test_board_view import alert
 
 
 class Feed:
-    def __init__(self) -> None:
+    def __init__(self, view: BoardView) -> None:
+        self.view = view
         self.connected = True
         self.up_to_date = True
 
@@ -26,8 +27,9 @@ class Feed:
 
 
 def serving() -> tuple[BoardView, Feed, BoardServer]:
-    view, feed = BoardView(), Feed()
-    return view, feed, BoardServer(view, feed, "http://grafana:3000/")
+    view = BoardView()
+    feed = Feed(view)
+    return view, feed, BoardServer(feed, "http://grafana:3000/")
 
 
 def test_the_page_allows_only_its_own_script_and_style():
