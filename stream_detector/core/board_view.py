@@ -15,7 +15,9 @@ reopened by a re-sent firing message of it.
 
 "Now" is the newest time any message carries, not the wall clock: the board
 of a replay, or of the demo's simulated days, reads as it did live, and the
-view is the same whenever it is rebuilt.
+view is the same whenever it is rebuilt. Only a time later than the wall
+clock (given by the shell) plus FUTURE_ALLOWANCE_MS is refused: one message
+from the far future would otherwise end "recent" for every other message.
 """
 
 from __future__ import annotations
@@ -49,6 +51,9 @@ MAX_COUNT = 2**63 - 1
 # reads 1024 but writes at most 254, so a message kept deeper than that could be
 # read yet never served again.
 MAX_DEPTH = 32
+# How far ahead of the wall clock a message's times may be: clocks of other
+# hosts drift by seconds, a bucket starts at most its width ahead.
+FUTURE_ALLOWANCE_MS = 3_600_000
 
 
 class BadMessage(ValueError):
@@ -210,8 +215,10 @@ class BoardView:
     (['x/*/2026-01-08T19:07:00Z'], [])
     """
 
-    def __init__(self, recent_ms: int = DAY_MS):
+    def __init__(self, recent_ms: int = DAY_MS, clock_ms: Callable[[], int] | None = None):
         self.recent_ms = recent_ms
+        self.clock_ms = clock_ms
+        """The wall clock in epoch ms, to refuse times far past it; None takes any."""
         """Resolved incidents and events stay on the board this long after they end."""
         self.now_ms = 0
         """The newest time any message applied carries."""
@@ -255,7 +262,7 @@ class BoardView:
         for name in ("regions", "problems"):
             _counts(alert, name)
 
-        changed = self._see_time(max(bucket_ms, end_ms or 0))
+        changed = self._see_time(self._not_future(bucket_ms, start_ms, end_ms))
         rank = (bucket_ms, status == RESOLVED)
         incident = self._incidents.get(alert_id)
         if incident is None:
@@ -300,7 +307,7 @@ class BoardView:
             _counts(event, name)
         _field(event, "reports", int | float)
 
-        changed = self._see_time(max(start_ms, end_ms or 0))
+        changed = self._see_time(self._not_future(start_ms, end_ms))
         current = self._outages.get(event_id)
         # The latest message wins, except that a re-sent firing message of an
         # event already resolved (a correlate stage replaying after a restart)
@@ -313,6 +320,13 @@ class BoardView:
         if changed:
             self.version += 1
         return changed
+
+    def _not_future(self, *times: int | None) -> int:
+        """The latest of `times`, refused if later than the wall clock allows."""
+        latest = max(t or 0 for t in times)
+        if self.clock_ms is not None and latest > self.clock_ms() + FUTURE_ALLOWANCE_MS:
+            raise BadMessage("bad_timestamp", "a time more than an hour past the wall clock")
+        return latest
 
     def _see_time(self, ms: int) -> bool:
         if ms <= self.now_ms:

@@ -119,7 +119,7 @@ class BoardFeed:
         """Read both topics again from their beginning into a fresh view: the logs
         the broker came back with may not be the ones the view was folded from."""
         self._rebuild_due = False
-        self._next = BoardView(recent_ms=self.view.recent_ms)
+        self._next = BoardView(self.view.recent_ms, self.view.clock_ms)
         self._ends.clear()
         self._behind.clear()
         self._assigned = False
@@ -303,7 +303,7 @@ async def serve_board(
     shows that it is catching up, and `/readyz` says 503.
     """
     stop = stop or asyncio.Event()
-    view = BoardView(recent_ms=int(settings.board_recent * 1000))
+    view = BoardView(int(settings.board_recent * 1000), lambda: int(time.time() * 1000))
     feed = BoardFeed(settings, view)
     server = BoardServer(feed, settings.grafana_url)
     try:

@@ -215,3 +215,21 @@ def test_the_page_feed_links_incidents_to_their_event_and_cuts_long_lists():
     assert feed["open"][0]["points"] == {"bucket_start_ms": [T0 + 4 * MINUTE],
                                          "reports": [100], "expected": [5.0]}
     assert view.service("s1")["outages"] == [feed["outages"][0]]
+
+
+def test_a_time_far_past_the_wall_clock_is_refused_and_empties_nothing():
+    view = BoardView(clock_ms=lambda: T0 + 10 * MINUTE)
+    fold([alert("x", 0, 0), resolved("x", 0, 5), alert("y", 8, 8)], view)
+    far = alert("z", 0, 0)
+    far["bucket_start"] = "2099-01-01T00:00:00Z"
+    with pytest.raises(BadMessage) as refused:
+        view.apply_alert(orjson.dumps(far))
+    assert refused.value.reason == "bad_timestamp"
+    with pytest.raises(BadMessage):
+        view.apply_outage(orjson.dumps(event("e1", 60 * 24 * 365, [("y", 8)])))
+    # Still "now" as the messages say, so x's resolve is still recent.
+    assert view.now_ms == T0 + 8 * MINUTE
+    assert [a["service"] for a in view.incidents("resolved")] == ["x"]
+    # Within the allowance: a bucket a little ahead of this host's clock.
+    fold([alert("w", 30, 30)], view)
+    assert view.now_ms == T0 + 30 * MINUTE
