@@ -51,6 +51,10 @@ MAX_COUNT = 2**63 - 1
 # reads 1024 but writes at most 254, so a message kept deeper than that could be
 # read yet never served again.
 MAX_DEPTH = 32
+# [name, count] pairs of `regions` and `problems` kept per message: the largest.
+# A detector sends a few; a message of 140,000 would cost memory in every
+# answer and no reader looks past the first rows.
+BREAKDOWN_ROWS = 50
 # How far ahead of the wall clock a message's times may be: clocks of other
 # hosts drift by seconds, a bucket starts at most its width ahead.
 FUTURE_ALLOWANCE_MS = 3_600_000
@@ -123,7 +127,8 @@ def _name(message: dict, name: str, nullable: bool = False) -> str | None:
 
 
 def _counts(message: dict, name: str) -> None:
-    """`regions` and `problems`: a list of [name, count] pairs, when present."""
+    """`regions` and `problems`: a list of [name, count] pairs, when present; cut
+    in place to the BREAKDOWN_ROWS largest."""
     value = message.get(name, [])
     if not isinstance(value, list) or not all(
         isinstance(pair, list) and len(pair) == 2 and isinstance(pair[0], str)
@@ -131,6 +136,8 @@ def _counts(message: dict, name: str) -> None:
         for pair in value
     ):
         raise BadMessage("bad_type", f"{name} is not a list of [name, count]")
+    if len(value) > BREAKDOWN_ROWS:
+        message[name] = sorted(value, key=lambda pair: -pair[1])[:BREAKDOWN_ROWS]
 
 
 def _lifetime(message: dict) -> tuple[str, int, int | None]:

@@ -8,6 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from stream_detector.core.board_view import (
+    BREAKDOWN_ROWS,
     DAY_MS,
     HISTORY_PER_SERVICE,
     POINTS_PER_INCIDENT,
@@ -233,3 +234,13 @@ def test_a_time_far_past_the_wall_clock_is_refused_and_empties_nothing():
     # Within the allowance: a bucket a little ahead of this host's clock.
     fold([alert("w", 30, 30)], view)
     assert view.now_ms == T0 + 30 * MINUTE
+
+
+def test_breakdowns_are_cut_to_their_largest_rows():
+    big = alert("x", 0, 0)
+    big["regions"] = [[f"r{i}", i] for i in range(140_000)]
+    view = fold([big, {**event("e1", 0, [("x", 0)]), "problems": big["regions"]}])
+    [shown] = view.incidents("open")
+    assert shown["regions"] == [[f"r{i}", i] for i in range(139_999, 139_999 - BREAKDOWN_ROWS, -1)]
+    assert len(view.outages()[0]["problems"]) == BREAKDOWN_ROWS
+    assert shown["problems"] == big["problems"]  # short ones kept as sent
