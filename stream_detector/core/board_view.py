@@ -22,6 +22,7 @@ from the far future would otherwise end "recent" for every other message.
 
 from __future__ import annotations
 
+import re
 from array import array
 from bisect import bisect_left
 from collections.abc import Callable, Iterable
@@ -68,20 +69,26 @@ class BadMessage(ValueError):
         self.reason = reason
 
 
+# The messages' times: extended ISO-8601 in UTC with `Z`. Other forms
+# fromisoformat takes (an offset, the basic format, week dates) would be shown
+# as sent, so read as UTC by the page; they are refused instead.
+_UTC_TIME = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d(:\d\d(\.\d{1,6})?)?Z")
+
+
 def parse_time(value: Any, field: str) -> int:
-    """Epoch milliseconds of an ISO-8601 time with a zone (the messages' `...Z`).
+    """Epoch milliseconds of an ISO-8601 UTC time with `Z`, as the messages carry.
 
     >>> parse_time("2026-01-08T19:07:00Z", "started_at")
     1767899220000
     """
     if not isinstance(value, str):
         raise BadMessage("bad_type", f"{field} is not a time string")
+    if not _UTC_TIME.fullmatch(value):
+        raise BadMessage("bad_timestamp", f"{field} {value[:40]!r} is not ISO-8601 UTC with Z")
     try:
         moment = datetime.fromisoformat(value)
     except ValueError:
-        raise BadMessage("bad_timestamp", f"{field} {value[:40]!r} is not ISO-8601") from None
-    if moment.tzinfo is None:
-        raise BadMessage("bad_timestamp", f"{field} {value[:40]!r} has no time zone")
+        raise BadMessage("bad_timestamp", f"{field} {value[:40]!r} is not a date") from None
     return int(moment.timestamp() * 1000)
 
 

@@ -132,6 +132,12 @@ def test_resolved_stay_on_the_board_for_the_recent_window_of_the_messages_own_ti
      "too_deep"),
     (orjson.dumps({**alert("x", 0, 0), "started_at": "yesterday"}), "bad_timestamp"),
     (orjson.dumps({**alert("x", 0, 0), "bucket_start": "2026-01-08T19:07:00"}), "bad_timestamp"),
+    # Read as UTC by the page, so only UTC with Z.
+    (orjson.dumps({**alert("x", 0, 0), "bucket_start": "2026-01-08T19:07:00+05:00"}),
+     "bad_timestamp"),
+    (orjson.dumps({**alert("x", 0, 0), "bucket_start": "20260108T190700Z"}), "bad_timestamp"),
+    (orjson.dumps({**alert("x", 0, 0), "started_at": "2026-W02-4T19:07:00Z"}), "bad_timestamp"),
+    (orjson.dumps({**alert("x", 0, 0), "started_at": "2026-02-30T19:07:00Z"}), "bad_timestamp"),
     (orjson.dumps({**alert("x", 0, 0, "resolved")}), "missing_field"),
 ])
 def test_an_unusable_alert_is_refused_with_its_reason_and_counted(raw, reason):
