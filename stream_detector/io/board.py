@@ -260,8 +260,11 @@ class BoardServer(HttpServer):
             return _json({"incidents": self.view.incidents(status, _one(query, "service"))})
         if path == "/api/v1/outages":
             return _json({"outages": self.view.outages()})
-        if path.startswith("/api/v1/services/"):
-            name = unquote(path.removeprefix("/api/v1/services/"))
+        if path.startswith("/api/v1/services/") or path == "/api/v1/services":
+            # ?service=NAME too: a browser resolves a name "." or ".." in the path
+            # (even as %2E%2E) before it asks.
+            name = (unquote(path.removeprefix("/api/v1/services/")) if path != "/api/v1/services"
+                    else _one(query, "service") or "")
             detail = self.view.service(name)
             if detail is None:
                 return _error(404, "no incident of this service on the board")
