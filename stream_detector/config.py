@@ -466,6 +466,12 @@ def _check_combinations(s: Settings) -> None:
                 f"setting {name}: must differ from reports_topic ({s.reports_topic!r}), or the "
                 "detector would read its own output as reports"
             )
+    if s.outages_topic == s.alerts_topic:
+        # The board tells the two apart by their topic alone.
+        raise ConfigError(
+            f"setting outages_topic: must differ from alerts_topic ({s.alerts_topic!r}), or "
+            "the board would read alerts as outage events"
+        )
     if s.open_score > s.critical_score:
         raise ConfigError(
             f"setting open_score: must be at most critical_score ({s.critical_score!r}), "

@@ -15,11 +15,14 @@ reopened by a re-sent firing message of it.
 
 "Now" is the newest time any message carries, not the wall clock: the board
 of a replay, or of the demo's simulated days, reads as it did live, and the
-view is the same whenever it is rebuilt.
+view is the same whenever it is rebuilt. Only a time later than the wall
+clock (given by the shell) plus FUTURE_ALLOWANCE_MS is refused: one message
+from the far future would otherwise end "recent" for every other message.
 """
 
 from __future__ import annotations
 
+import re
 from array import array
 from bisect import bisect_left
 from collections.abc import Callable, Iterable
@@ -42,7 +45,20 @@ POINTS_PER_INCIDENT = 120
 
 # Why a message was skipped. The board reads topics it does not own, so it
 # counts and skips what it cannot use rather than stopping.
-REASONS = ("not_json", "not_object", "missing_field", "bad_type", "bad_timestamp")
+REASONS = ("not_json", "not_object", "missing_field", "bad_type", "bad_timestamp", "too_deep")
+# A count the board keeps in a 64-bit array; a larger one is no count of reports.
+MAX_COUNT = 2**63 - 1
+# Nesting a message may have. The contracts' messages nest three levels; orjson
+# reads 1024 but writes at most 254, so a message kept deeper than that could be
+# read yet never served again.
+MAX_DEPTH = 32
+# [name, count] pairs of `regions` and `problems` kept per message: the largest.
+# A detector sends a few; a message of 140,000 would cost memory in every
+# answer and no reader looks past the first rows.
+BREAKDOWN_ROWS = 50
+# How far ahead of the wall clock a message's times may be: clocks of other
+# hosts drift by seconds, a bucket starts at most its width ahead.
+FUTURE_ALLOWANCE_MS = 3_600_000
 
 
 class BadMessage(ValueError):
@@ -53,20 +69,26 @@ class BadMessage(ValueError):
         self.reason = reason
 
 
+# The messages' times: extended ISO-8601 in UTC with `Z`. Other forms
+# fromisoformat takes (an offset, the basic format, week dates) would be shown
+# as sent, so read as UTC by the page; they are refused instead.
+_UTC_TIME = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d(:\d\d(\.\d{1,6})?)?Z")
+
+
 def parse_time(value: Any, field: str) -> int:
-    """Epoch milliseconds of an ISO-8601 time with a zone (the messages' `...Z`).
+    """Epoch milliseconds of an ISO-8601 UTC time with `Z`, as the messages carry.
 
     >>> parse_time("2026-01-08T19:07:00Z", "started_at")
     1767899220000
     """
     if not isinstance(value, str):
         raise BadMessage("bad_type", f"{field} is not a time string")
+    if not _UTC_TIME.fullmatch(value):
+        raise BadMessage("bad_timestamp", f"{field} {value[:40]!r} is not ISO-8601 UTC with Z")
     try:
         moment = datetime.fromisoformat(value)
     except ValueError:
-        raise BadMessage("bad_timestamp", f"{field} {value[:40]!r} is not ISO-8601") from None
-    if moment.tzinfo is None:
-        raise BadMessage("bad_timestamp", f"{field} {value[:40]!r} has no time zone")
+        raise BadMessage("bad_timestamp", f"{field} {value[:40]!r} is not a date") from None
     return int(moment.timestamp() * 1000)
 
 
@@ -77,7 +99,19 @@ def _decode(raw: bytes) -> dict:
         raise BadMessage("not_json", "the value is not JSON") from None
     if not isinstance(message, dict):
         raise BadMessage("not_object", "the value is not a JSON object")
+    _check_depth(message)
     return message
+
+
+def _check_depth(message: dict) -> None:
+    level: list = [message]
+    for _ in range(MAX_DEPTH):
+        level = [child for value in level
+                 for child in (value.values() if isinstance(value, dict) else value)
+                 if isinstance(child, dict | list)]
+        if not level:
+            return
+    raise BadMessage("too_deep", f"the value nests deeper than {MAX_DEPTH} levels")
 
 
 def _field(message: dict, name: str, kinds: type | tuple[type, ...], nullable: bool = False):
@@ -100,7 +134,8 @@ def _name(message: dict, name: str, nullable: bool = False) -> str | None:
 
 
 def _counts(message: dict, name: str) -> None:
-    """`regions` and `problems`: a list of [name, count] pairs, when present."""
+    """`regions` and `problems`: a list of [name, count] pairs, when present; cut
+    in place to the BREAKDOWN_ROWS largest."""
     value = message.get(name, [])
     if not isinstance(value, list) or not all(
         isinstance(pair, list) and len(pair) == 2 and isinstance(pair[0], str)
@@ -108,6 +143,8 @@ def _counts(message: dict, name: str) -> None:
         for pair in value
     ):
         raise BadMessage("bad_type", f"{name} is not a list of [name, count]")
+    if len(value) > BREAKDOWN_ROWS:
+        message[name] = sorted(value, key=lambda pair: -pair[1])[:BREAKDOWN_ROWS]
 
 
 def _lifetime(message: dict) -> tuple[str, int, int | None]:
@@ -192,8 +229,10 @@ class BoardView:
     (['x/*/2026-01-08T19:07:00Z'], [])
     """
 
-    def __init__(self, recent_ms: int = DAY_MS):
+    def __init__(self, recent_ms: int = DAY_MS, clock_ms: Callable[[], int] | None = None):
         self.recent_ms = recent_ms
+        self.clock_ms = clock_ms
+        """The wall clock in epoch ms, to refuse times far past it; None takes any."""
         """Resolved incidents and events stay on the board this long after they end."""
         self.now_ms = 0
         """The newest time any message applied carries."""
@@ -231,11 +270,13 @@ class BoardView:
         _name(alert, "severity")
         bucket_ms = parse_time(alert.get("bucket_start"), "bucket_start")
         reports = _field(alert, "reports", int)
+        if not 0 <= reports <= MAX_COUNT:
+            raise BadMessage("bad_type", "reports is not a count")
         expected = _field(alert, "expected", int | float)
         for name in ("regions", "problems"):
             _counts(alert, name)
 
-        changed = self._see_time(max(bucket_ms, end_ms or 0))
+        changed = self._see_time(self._not_future(bucket_ms, start_ms, end_ms))
         rank = (bucket_ms, status == RESOLVED)
         incident = self._incidents.get(alert_id)
         if incident is None:
@@ -280,7 +321,7 @@ class BoardView:
             _counts(event, name)
         _field(event, "reports", int | float)
 
-        changed = self._see_time(max(start_ms, end_ms or 0))
+        changed = self._see_time(self._not_future(start_ms, end_ms))
         current = self._outages.get(event_id)
         # The latest message wins, except that a re-sent firing message of an
         # event already resolved (a correlate stage replaying after a restart)
@@ -293,6 +334,13 @@ class BoardView:
         if changed:
             self.version += 1
         return changed
+
+    def _not_future(self, *times: int | None) -> int:
+        """The latest of `times`, refused if later than the wall clock allows."""
+        latest = max(t or 0 for t in times)
+        if self.clock_ms is not None and latest > self.clock_ms() + FUTURE_ALLOWANCE_MS:
+            raise BadMessage("bad_timestamp", "a time more than an hour past the wall clock")
+        return latest
 
     def _see_time(self, ms: int) -> bool:
         if ms <= self.now_ms:

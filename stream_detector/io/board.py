@@ -4,7 +4,11 @@
 `BoardView` (`core/board_view.py`), with no consumer group: every board
 process reads every partition and holds the whole view, so replicas behind
 a load balancer agree, and there are no offsets to commit because a start
-rebuilds the view from the logs. `BoardServer` answers the page and the JSON
+rebuilds the view from the logs. When the broker answers again after it did
+not, its logs may be new ones (a broker that keeps them in memory comes back
+empty, and offsets start again at 0), so the feed reads both topics again from
+their beginning into a fresh view and serves it once caught up; until then it
+serves the old one and `/readyz` says 503. `BoardServer` answers the page and the JSON
 API from that view, behind the limits of the metrics endpoint (`HttpServer`).
 """
 
@@ -50,9 +54,12 @@ class BoardFeed:
     def __init__(self, settings: Settings, view: BoardView):
         self.settings = settings
         self.view = view
+        """The view served; replaced by `_next` once a rebuild has caught up."""
+        self._next: BoardView | None = None
         self.connected = False
-        self._topics = {settings.alerts_topic: view.apply_alert,
-                        settings.outages_topic: view.apply_outage}
+        self._rebuild_due = False
+        self._topics = {settings.alerts_topic: BoardView.apply_alert,
+                        settings.outages_topic: BoardView.apply_outage}
         # End offsets of each partition when it was first assigned: the view
         # is caught up once every partition's position has reached them.
         self._ends: dict[TopicPartition, int] = {}
@@ -88,11 +95,14 @@ class BoardFeed:
         watching = asyncio.create_task(watch_broker(consumer, stop, self._set_connected))
         try:
             while not stop.is_set():
+                if self._rebuild_due:
+                    await self._rebuild(consumer)
                 batch = await consumer.getmany(timeout_ms=500, max_records=MAX_BATCH)
+                target = self._next or self.view
                 for tp, messages in batch.items():
                     apply = self._topics[tp.topic]
                     for message in messages:
-                        self._apply(apply, message)
+                        self._apply(target, apply, message)
                 await self._track_progress(consumer)
         finally:
             watching.cancel()
@@ -101,11 +111,26 @@ class BoardFeed:
             await stop_client(consumer)
 
     def _set_connected(self, connected: bool) -> None:
+        if connected and not self.connected:
+            self._rebuild_due = True
         self.connected = connected
 
-    def _apply(self, apply: Callable[[bytes], bool], message) -> None:
+    async def _rebuild(self, consumer: AIOKafkaConsumer) -> None:
+        """Read both topics again from their beginning into a fresh view: the logs
+        the broker came back with may not be the ones the view was folded from."""
+        self._rebuild_due = False
+        self._next = BoardView(self.view.recent_ms, self.view.clock_ms)
+        self._ends.clear()
+        self._behind.clear()
+        self._assigned = False
+        if consumer.assignment():
+            await consumer.seek_to_beginning()
+        log.warning("broker answers again: reading the topics from their beginning")
+
+    def _apply(self, view: BoardView, apply: Callable[[BoardView, bytes], bool],
+               message) -> None:
         try:
-            apply(message.value if message.value is not None else b"")
+            apply(view, message.value if message.value is not None else b"")
         except BadMessage as exc:
             self._warn_skipped(exc, message)
 
@@ -140,6 +165,8 @@ class BoardFeed:
             elif await consumer.position(tp) >= self._ends[tp]:
                 self._behind.discard(tp)
                 if not self._behind:
+                    if self._next is not None:
+                        self.view, self._next = self._next, None
                     log.info("board caught up", extra={"incidents_open": len(
                         self.view.incidents("open"))})
 
@@ -176,16 +203,18 @@ CACHE_BYTES = 16 * 1024 * 1024
 class BoardServer(HttpServer):
     """The page at `/`, the JSON API under `/api/v1/`, `/healthz` and `/readyz`."""
 
-    def __init__(self, view: BoardView, feed: BoardFeed, grafana_url: str | None = None,
-                 **limits: float):
+    def __init__(self, feed: BoardFeed, grafana_url: str | None = None, **limits: float):
         super().__init__(**limits)
-        self.view = view
         self.feed = feed
         self.grafana_url = grafana_url.rstrip("/") if grafana_url else None
         self.page, self.page_policy = _page()
         self._cache: dict[tuple, Answer] = {}
         self._cache_bytes = 0
-        self._cached_for: tuple[int, bool] | None = None
+        self._cached_for: tuple[BoardView, int, bool] | None = None
+
+    @property
+    def view(self) -> BoardView:
+        return self.feed.view
 
     def answer(self, target: bytes) -> Answer:
         try:
@@ -195,7 +224,8 @@ class BoardServer(HttpServer):
         path, query = parts.path, parse_qs(parts.query)
         if not path.startswith("/api/"):
             return self._route(path, query)
-        state = (self.view.version, self.feed.caught_up())
+        # The view itself too: a rebuilt one starts its version again.
+        state = (self.view, self.view.version, self.feed.caught_up())
         if state != self._cached_for:
             self._cache.clear()
             self._cache_bytes = 0
@@ -230,8 +260,11 @@ class BoardServer(HttpServer):
             return _json({"incidents": self.view.incidents(status, _one(query, "service"))})
         if path == "/api/v1/outages":
             return _json({"outages": self.view.outages()})
-        if path.startswith("/api/v1/services/"):
-            name = unquote(path.removeprefix("/api/v1/services/"))
+        if path.startswith("/api/v1/services/") or path == "/api/v1/services":
+            # ?service=NAME too: a browser resolves a name "." or ".." in the path
+            # (even as %2E%2E) before it asks.
+            name = (unquote(path.removeprefix("/api/v1/services/")) if path != "/api/v1/services"
+                    else _one(query, "service") or "")
             detail = self.view.service(name)
             if detail is None:
                 return _error(404, "no incident of this service on the board")
@@ -273,9 +306,9 @@ async def serve_board(
     shows that it is catching up, and `/readyz` says 503.
     """
     stop = stop or asyncio.Event()
-    view = BoardView(recent_ms=int(settings.board_recent * 1000))
+    view = BoardView(int(settings.board_recent * 1000), lambda: int(time.time() * 1000))
     feed = BoardFeed(settings, view)
-    server = BoardServer(view, feed, settings.grafana_url)
+    server = BoardServer(feed, settings.grafana_url)
     await start_listening(server.start, settings.board_host, settings.board_port, "board_port",
                           stop, install_signal_handlers, on_listening, "board")
     try:

@@ -173,3 +173,46 @@ async def test_the_board_follows_new_messages_and_skips_what_it_cannot_read(brok
 
         await wait_for(shows_resolved, timeout=10)
         assert (await get(port, "/api/v1/incidents?status=open"))[1] == {"incidents": []}
+
+
+async def test_a_broker_back_with_new_logs_is_read_again_from_their_beginning(unique):
+    """The embedded broker keeps its logs in memory, so one restarted comes back
+    empty; the topics are made again and offsets start at 0. The board must show
+    what the new logs hold, as a board started now would, not the incidents of
+    the old logs plus the new messages past the old offsets."""
+    from stream_detector.embedded import EmbeddedBroker
+    from tests.unit.test_board_view import alert
+
+    async def publish(bootstrap: str, services: list[str]) -> None:
+        await produce(bootstrap, f"{unique}-alerts",
+                      [orjson.dumps(alert(s, 0, 0)) for s in services],
+                      [s.encode() for s in services])
+
+    async def shown(port: int) -> set[str]:
+        _, body = await get(port, "/api/v1/incidents?status=open")
+        return {a["service"] for a in body["incidents"]}
+
+    broker = EmbeddedBroker().start()
+    try:
+        for topic in ("alerts", "outages"):
+            await create_topic(broker.bootstrap_servers, f"{unique}-{topic}", 1)
+        await publish(broker.bootstrap_servers, [f"old{i}" for i in range(5)])
+        settings = board_settings(broker.bootstrap_servers, unique)
+        async with running_board(settings) as port:
+            assert await shown(port) == {f"old{i}" for i in range(5)}
+            broker.stop()
+            await wait_for(lambda: asyncio.to_thread(
+                lambda: http_get(port, "/healthz")[0] == 503))
+            broker.start()
+            for topic in ("alerts", "outages"):
+                await create_topic(broker.bootstrap_servers, f"{unique}-{topic}", 1)
+            new = [f"new{i}" for i in range(8)]
+            await publish(broker.bootstrap_servers, new)
+
+            async def rebuilt() -> bool:
+                ready = (await asyncio.to_thread(http_get, port, "/readyz"))[0] == 200
+                return ready and await shown(port) == set(new)
+
+            await wait_for(rebuilt, timeout=60, every=0.5)
+    finally:
+        broker.stop()

@@ -17,7 +17,8 @@ from tests.unit.test_board_view import alert
 
 
 class Feed:
-    def __init__(self) -> None:
+    def __init__(self, view: BoardView) -> None:
+        self.view = view
         self.connected = True
         self.up_to_date = True
 
@@ -26,8 +27,9 @@ class Feed:
 
 
 def serving() -> tuple[BoardView, Feed, BoardServer]:
-    view, feed = BoardView(), Feed()
-    return view, feed, BoardServer(view, feed, "http://grafana:3000/")
+    view = BoardView()
+    feed = Feed(view)
+    return view, feed, BoardServer(feed, "http://grafana:3000/")
 
 
 def test_the_page_allows_only_its_own_script_and_style():
@@ -70,3 +72,12 @@ def test_probes_follow_the_feed():
     assert orjson.loads(server.answer(b"/api/v1/board")[2])["caught_up"] is False
     feed.connected = False
     assert [server.answer(p)[0] for p in (b"/healthz", b"/readyz")] == [503, 503]
+
+
+def test_a_service_named_dot_dot_is_asked_for_by_query():
+    view, _, server = serving()
+    view.apply_alert(orjson.dumps(alert("..", 0, 0)))
+    status, _, body, _ = server.answer(b"/api/v1/services?service=..")
+    assert status == 200
+    assert orjson.loads(body)["service"] == ".."
+    assert server.answer(b"/api/v1/services?service=other")[0] == 404

@@ -8,6 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from stream_detector.core.board_view import (
+    BREAKDOWN_ROWS,
     DAY_MS,
     HISTORY_PER_SERVICE,
     POINTS_PER_INCIDENT,
@@ -122,8 +123,21 @@ def test_resolved_stay_on_the_board_for_the_recent_window_of_the_messages_own_ti
     (orjson.dumps({**alert("x", 0, 0), "service": ""}), "bad_type"),
     (orjson.dumps({**alert("x", 0, 0), "reports": "many"}), "bad_type"),
     (orjson.dumps({**alert("x", 0, 0), "regions": [["US"]]}), "bad_type"),
+    # Past a 64-bit count: once crashed the board, at every restart.
+    (orjson.dumps({**alert("x", 0, 0), "reports": 2**63}), "bad_type"),
+    (orjson.dumps({**alert("x", 0, 0), "reports": 2**64 - 1}), "bad_type"),
+    (orjson.dumps({**alert("x", 0, 0), "reports": -1}), "bad_type"),
+    # Deeper than orjson writes: kept, it made every answer that held it fail.
+    (orjson.dumps(alert("x", 0, 0))[:-1] + b',"extra":' + b"[" * 300 + b"]" * 300 + b"}",
+     "too_deep"),
     (orjson.dumps({**alert("x", 0, 0), "started_at": "yesterday"}), "bad_timestamp"),
     (orjson.dumps({**alert("x", 0, 0), "bucket_start": "2026-01-08T19:07:00"}), "bad_timestamp"),
+    # Read as UTC by the page, so only UTC with Z.
+    (orjson.dumps({**alert("x", 0, 0), "bucket_start": "2026-01-08T19:07:00+05:00"}),
+     "bad_timestamp"),
+    (orjson.dumps({**alert("x", 0, 0), "bucket_start": "20260108T190700Z"}), "bad_timestamp"),
+    (orjson.dumps({**alert("x", 0, 0), "started_at": "2026-W02-4T19:07:00Z"}), "bad_timestamp"),
+    (orjson.dumps({**alert("x", 0, 0), "started_at": "2026-02-30T19:07:00Z"}), "bad_timestamp"),
     (orjson.dumps({**alert("x", 0, 0, "resolved")}), "missing_field"),
 ])
 def test_an_unusable_alert_is_refused_with_its_reason_and_counted(raw, reason):
@@ -136,13 +150,19 @@ def test_an_unusable_alert_is_refused_with_its_reason_and_counted(raw, reason):
     assert (view.version, view.incidents()) == before
 
 
-def test_an_unusable_outage_event_is_refused():
+@pytest.mark.parametrize(("raw", "reason"), [
+    (orjson.dumps({**event("e1", 0, [("a", 0)]), "services": [["a", None]]}), "bad_type"),
+    (orjson.dumps(event("e1", 0, [("a", 0)]))[:-1] + b',"x":{"y":' + b"[" * 300
+     + b"]" * 300 + b"}}", "too_deep"),
+])
+def test_an_unusable_outage_event_is_refused(raw, reason):
     view = BoardView()
-    broken = {**event("e1", 0, [("a", 0)]), "services": [["a", None]]}
     with pytest.raises(BadMessage) as refused:
-        view.apply_outage(orjson.dumps(broken))
-    assert refused.value.reason == "bad_type"
+        view.apply_outage(raw)
+    assert refused.value.reason == reason
     assert view.outages() == []
+    # What the board serves can still be written.
+    orjson.dumps(view.board(10))
 
 
 def test_sparkline_points_are_per_bucket_sorted_without_repeats_and_capped():
@@ -202,3 +222,31 @@ def test_the_page_feed_links_incidents_to_their_event_and_cuts_long_lists():
     assert feed["open"][0]["points"] == {"bucket_start_ms": [T0 + 4 * MINUTE],
                                          "reports": [100], "expected": [5.0]}
     assert view.service("s1")["outages"] == [feed["outages"][0]]
+
+
+def test_a_time_far_past_the_wall_clock_is_refused_and_empties_nothing():
+    view = BoardView(clock_ms=lambda: T0 + 10 * MINUTE)
+    fold([alert("x", 0, 0), resolved("x", 0, 5), alert("y", 8, 8)], view)
+    far = alert("z", 0, 0)
+    far["bucket_start"] = "2099-01-01T00:00:00Z"
+    with pytest.raises(BadMessage) as refused:
+        view.apply_alert(orjson.dumps(far))
+    assert refused.value.reason == "bad_timestamp"
+    with pytest.raises(BadMessage):
+        view.apply_outage(orjson.dumps(event("e1", 60 * 24 * 365, [("y", 8)])))
+    # Still "now" as the messages say, so x's resolve is still recent.
+    assert view.now_ms == T0 + 8 * MINUTE
+    assert [a["service"] for a in view.incidents("resolved")] == ["x"]
+    # Within the allowance: a bucket a little ahead of this host's clock.
+    fold([alert("w", 30, 30)], view)
+    assert view.now_ms == T0 + 30 * MINUTE
+
+
+def test_breakdowns_are_cut_to_their_largest_rows():
+    big = alert("x", 0, 0)
+    big["regions"] = [[f"r{i}", i] for i in range(140_000)]
+    view = fold([big, {**event("e1", 0, [("x", 0)]), "problems": big["regions"]}])
+    [shown] = view.incidents("open")
+    assert shown["regions"] == [[f"r{i}", i] for i in range(139_999, 139_999 - BREAKDOWN_ROWS, -1)]
+    assert len(view.outages()[0]["problems"]) == BREAKDOWN_ROWS
+    assert shown["problems"] == big["problems"]  # short ones kept as sent

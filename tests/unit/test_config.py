@@ -76,6 +76,7 @@ PROBE = [
     ('dlq_topic = "reports"', "dlq_topic", "must differ from reports_topic ('reports')"),
     ('alerts_topic = "reports"', "alerts_topic", "must differ from reports_topic"),
     ('state_topic = "reports"', "state_topic", "must differ from reports_topic"),
+    ('outages_topic = "alerts"', "outages_topic", "must differ from alerts_topic ('alerts')"),
     # Text stays text.
     ("reports_topic = 7", "reports_topic", "expected text, not a number (7)"),
     ('alerts_topic = ""', "alerts_topic", "must not be empty"),
