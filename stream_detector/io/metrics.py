@@ -372,6 +372,7 @@ WRITE_TIMEOUT_SECONDS = 10.0
 # that plus a person with curl, and keeps the descriptors a socket flood can
 # take far below the usual limit of 1024, which the Kafka clients share.
 MAX_CONNECTIONS = 64
+ACCEPT_BATCH = 8
 # After an error answer the server keeps reading, and discarding, for a moment
 # before it closes (RFC 9112, section 9.6): closing with a request still
 # arriving makes the kernel send a reset, which can destroy the answer before
@@ -422,8 +423,13 @@ class HttpServer:
     async def start(self, host: str, port: int) -> int:
         # The reader's buffer limit is the head cap, so one endless line is
         # refused once it passes the cap instead of being buffered.
+        # The backlog is also how many connections asyncio accepts in one go,
+        # before any of them is handled: a burst of that many (100 by default)
+        # would open descriptors past the connection cap before the cap could
+        # displace anyone. A small batch keeps the rest waiting in the kernel.
         self.server = await asyncio.start_server(self._handle, host, port,
-                                                 limit=self.max_head_bytes)
+                                                 limit=self.max_head_bytes,
+                                                 backlog=ACCEPT_BATCH)
         return self.server.sockets[0].getsockname()[1]
 
     async def stop(self) -> None:
