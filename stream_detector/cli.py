@@ -294,11 +294,17 @@ def _check_writable(flag: str, path: str | None) -> None:
         raise UsageError(f"cannot write {flag} {path}: permission denied")
 
 
+# The flags every broker-facing command takes: start-up, logs and the
+# connection's security.
+CLIENT_FLAGS = (
+    "bootstrap_servers", "startup_timeout", "log_format", "log_level", "security_protocol",
+    "ssl_cafile", "ssl_certfile", "ssl_keyfile", "sasl_mechanism", "sasl_username",
+    "sasl_password",
+)
+
 RUN_FLAGS = (
-    "bootstrap_servers", "group_id", "reports_topic", "alerts_topic", "dlq_topic", "bucket",
-    "model", "metrics_port", "alertmanager_url", "startup_timeout", "log_format", "log_level",
-    "security_protocol", "ssl_cafile",
-    "ssl_certfile", "ssl_keyfile", "sasl_mechanism", "sasl_username", "sasl_password",
+    "group_id", "reports_topic", "alerts_topic", "dlq_topic", "bucket", "model",
+    "metrics_port", "alertmanager_url", *CLIENT_FLAGS,
 )
 
 
@@ -325,10 +331,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 BOARD_FLAGS = (
-    "bootstrap_servers", "alerts_topic", "outages_topic", "board_port", "board_host",
-    "grafana_url", "startup_timeout", "log_format", "log_level", "security_protocol",
-    "ssl_cafile", "ssl_certfile", "ssl_keyfile", "sasl_mechanism", "sasl_username",
-    "sasl_password",
+    "alerts_topic", "outages_topic", "board_port", "board_host", "grafana_url", *CLIENT_FLAGS,
 )
 
 
@@ -341,11 +344,8 @@ def cmd_board(args: argparse.Namespace) -> int:
 
 
 CORRELATE_FLAGS = (
-    "bootstrap_servers", "alerts_topic", "outages_topic", "correlate_group_id", "bucket",
-    "correlate_window", "correlate_min_services", "providers", "metrics_port",
-    "alertmanager_url", "startup_timeout", "log_format", "log_level", "security_protocol",
-    "ssl_cafile", "ssl_certfile", "ssl_keyfile", "sasl_mechanism", "sasl_username",
-    "sasl_password",
+    "alerts_topic", "outages_topic", "correlate_group_id", "bucket", "correlate_window",
+    "correlate_min_services", "providers", "metrics_port", "alertmanager_url", *CLIENT_FLAGS,
 )
 
 
