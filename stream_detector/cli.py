@@ -69,6 +69,15 @@ def _setting_flag(p: argparse.ArgumentParser, name: str, help: str, flag: str | 
         f"env {env_var(name)})"), **kw)
 
 
+def _add_service_flags(p: argparse.ArgumentParser) -> None:
+    """The flags of a long-running command: start-up patience and its logs."""
+    _setting_flag(p, "startup_timeout", "how long to keep trying an unreachable broker at "
+                  "start-up", metavar="DURATION")
+    _setting_flag(p, "log_format", "log lines; auto is json when stderr is not a terminal",
+                  metavar="FORMAT")
+    _setting_flag(p, "log_level", "lowest level logged", metavar="LEVEL")
+
+
 def _add_kafka_flags(p: argparse.ArgumentParser) -> None:
     _setting_flag(p, "bootstrap_servers", "Kafka brokers, HOST:PORT[,HOST:PORT]",
                   metavar="HOST:PORT")
@@ -149,11 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
                   metavar="PORT")
     _setting_flag(run, "alertmanager_url", "also push incidents to this Alertmanager (v2 API)",
                   metavar="URL")
-    _setting_flag(run, "startup_timeout", "how long to keep trying an unreachable broker at "
-                  "start-up", metavar="DURATION")
-    _setting_flag(run, "log_format", "log lines; auto is json when stderr is not a terminal",
-                  metavar="FORMAT")
-    _setting_flag(run, "log_level", "lowest level logged", metavar="LEVEL")
+    _add_service_flags(run)
 
     sim = command("simulate", "generate realistic report traffic with outages",
                   description="Generate realistic report traffic with injected outages, to a "
@@ -210,11 +215,7 @@ def build_parser() -> argparse.ArgumentParser:
     _setting_flag(board, "board_host", "address to listen on", flag="--host", metavar="HOST")
     _setting_flag(board, "grafana_url", "link each service to its panel on this Grafana's "
                   "stream-detector dashboard", metavar="URL")
-    _setting_flag(board, "startup_timeout", "how long to keep trying an unreachable broker at "
-                  "start-up", metavar="DURATION")
-    _setting_flag(board, "log_format", "log lines; auto is json when stderr is not a terminal",
-                  metavar="FORMAT")
-    _setting_flag(board, "log_level", "lowest level logged", metavar="LEVEL")
+    _add_service_flags(board)
 
     corr = command("correlate", "group simultaneous incidents into outage events",
                    description="Read the alerts topic and publish outage events (incidents of "
@@ -237,10 +238,7 @@ def build_parser() -> argparse.ArgumentParser:
                   "one", metavar="PORT")
     _setting_flag(corr, "alertmanager_url", "push events and their members to this "
                   "Alertmanager", metavar="URL")
-    _setting_flag(corr, "startup_timeout", "how long to keep trying an unreachable broker",
-                  metavar="DURATION")
-    _setting_flag(corr, "log_format", "log lines", metavar="FORMAT")
-    _setting_flag(corr, "log_level", "lowest level logged", metavar="LEVEL")
+    _add_service_flags(corr)
 
     command("demo", "everything on a local embedded broker, ends by itself",
             description=DEMO_DESCRIPTION)
