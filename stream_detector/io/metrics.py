@@ -8,7 +8,9 @@ values, so 100,000 services do not become 100,000 series per metric.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import heapq
+import socket
 from collections.abc import Callable, Iterable, Iterator
 from http import HTTPStatus
 
@@ -372,7 +374,12 @@ WRITE_TIMEOUT_SECONDS = 10.0
 # that plus a person with curl, and keeps the descriptors a socket flood can
 # take far below the usual limit of 1024, which the Kafka clients share.
 MAX_CONNECTIONS = 64
-ACCEPT_BATCH = 8
+# The kernel queues connections not yet accepted; they wait there while the
+# server is at its cap.
+LISTEN_BACKLOG = 64
+# When accept() fails for want of descriptors (the Kafka clients share the
+# limit), wait this long or until a connection closes, instead of spinning.
+ACCEPT_RETRY_SECONDS = 0.1
 # After an error answer the server keeps reading, and discarding, for a moment
 # before it closes (RFC 9112, section 9.6): closing with a request still
 # arriving makes the kernel send a reset, which can destroy the answer before
@@ -394,11 +401,14 @@ class HttpServer:
     knows nothing of health, and a web framework would be a dependency for
     a handful of routes. One request per connection (`Connection: close`), GET and
     HEAD only, and every phase of a connection bounded by the limits above.
-    When `max_connections` are open, a new connection displaces the oldest one
+    The server accepts a connection only when it holds fewer than
+    `max_connections`: at the cap it first displaces the oldest connection
     that has not finished sending its request (or is being answered with an
-    error): that is where slow and hostile clients sit, while a scrape passes
-    through that state in a millisecond. Only when every connection is busy
-    sending an answer is the new one turned away, with a 503.
+    error), which is where slow and hostile clients sit, while a scrape passes
+    through that state in a millisecond. When every connection is busy sending
+    an answer, new ones wait in the kernel's backlog until one finishes. So the
+    descriptors it holds never pass the cap, however fast a flood arrives
+    (asyncio's own server accepts a burst before any handler can run).
     """
 
     def __init__(
@@ -415,53 +425,106 @@ class HttpServer:
         self.write_timeout = write_timeout
         self.max_connections = max_connections
         self.linger = linger
-        self.server: asyncio.Server | None = None
+        self._listeners: list[socket.socket] = []
+        self._accepting: list[asyncio.Task] = []
         self._connections: set[asyncio.StreamWriter] = set()
+        self._handlers: set[asyncio.Task] = set()
         # The displaceable connections, oldest first (a dict keeps insertion order).
         self._displaceable: dict[asyncio.StreamWriter, None] = {}
+        self._closed = asyncio.Event()  # set whenever a connection ends
 
     async def start(self, host: str, port: int) -> int:
-        # The reader's buffer limit is the head cap, so one endless line is
-        # refused once it passes the cap instead of being buffered.
-        # The backlog is also how many connections asyncio accepts in one go,
-        # before any of them is handled: a burst of that many (100 by default)
-        # would open descriptors past the connection cap before the cap could
-        # displace anyone. A small batch keeps the rest waiting in the kernel.
-        self.server = await asyncio.start_server(self._handle, host, port,
-                                                 limit=self.max_head_bytes,
-                                                 backlog=ACCEPT_BATCH)
-        return self.server.sockets[0].getsockname()[1]
+        """Listen on every address `host` names; returns the port (chosen when `port` is 0)."""
+        loop = asyncio.get_running_loop()
+        addresses = await loop.getaddrinfo(host or None, port, type=socket.SOCK_STREAM,
+                                           flags=socket.AI_PASSIVE)
+        try:
+            for family, _, _, _, address in dict.fromkeys(
+                    (info[0], *info[1:4], info[4][:2]) for info in addresses):
+                if self._listeners:  # the same port on each address, as asked or as chosen
+                    address = (address[0], self._listeners[0].getsockname()[1])
+                listener = socket.create_server(address, family=family, backlog=LISTEN_BACKLOG)
+                listener.setblocking(False)
+                self._listeners.append(listener)
+        except OSError:
+            self._close_listeners()
+            raise
+        self._accepting = [asyncio.create_task(self._accept_loop(listener))
+                           for listener in self._listeners]
+        return self._listeners[0].getsockname()[1]
 
     async def stop(self) -> None:
-        if self.server is not None:
-            self.server.close()
-            for writer in list(self._connections):
-                writer.transport.abort()
-            await self.server.wait_closed()
+        for task in self._accepting:
+            task.cancel()
+        await asyncio.gather(*self._accepting, return_exceptions=True)
+        self._close_listeners()
+        for writer in list(self._connections):
+            writer.transport.abort()
+        await asyncio.gather(*self._handlers, return_exceptions=True)
+
+    def _close_listeners(self) -> None:
+        for listener in self._listeners:
+            listener.close()
+        self._listeners = []
+
+    async def _accept_loop(self, listener: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            if len(self._connections) >= self.max_connections and not self._displace_oldest():
+                await self._wait_for_a_close(None)
+                continue
+            try:
+                connection, _ = await loop.sock_accept(listener)
+            except OSError:  # out of descriptors, or the client left before accept
+                if not self._displace_oldest():
+                    await self._wait_for_a_close(ACCEPT_RETRY_SECONDS)
+                continue
+            try:
+                reader, writer = await self._streams(connection)
+            except OSError:
+                connection.close()
+                continue
+            self._connections.add(writer)
+            self._displaceable[writer] = None
+            handler = asyncio.create_task(self._handle(reader, writer))
+            self._handlers.add(handler)
+            handler.add_done_callback(self._handlers.discard)
+
+    async def _streams(self, connection: socket.socket
+                       ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        loop = asyncio.get_running_loop()
+        # The reader's buffer limit is the head cap, so one endless line is
+        # refused once it passes the cap instead of being buffered.
+        reader = asyncio.StreamReader(limit=self.max_head_bytes)
+        protocol = asyncio.StreamReaderProtocol(reader)
+        transport, _ = await loop.connect_accepted_socket(lambda: protocol, connection)
+        return reader, asyncio.StreamWriter(transport, protocol, reader, loop)
+
+    async def _wait_for_a_close(self, timeout: float | None) -> None:
+        self._closed.clear()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._closed.wait(), timeout)
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        if len(self._connections) >= self.max_connections and not self._displace_oldest():
-            writer.write(_response_head(503, "text/plain", 0))
-            writer.close()
-            return
-        self._connections.add(writer)
-        self._displaceable[writer] = None
         try:
             await self._serve(reader, writer)
         except ConnectionError:
             pass  # the client went away; there is no one to answer
         finally:
-            self._connections.discard(writer)
-            self._displaceable.pop(writer, None)
+            self._forget(writer)
             if not writer.transport.is_closing():
                 writer.transport.abort()
+
+    def _forget(self, writer: asyncio.StreamWriter) -> None:
+        self._connections.discard(writer)
+        self._displaceable.pop(writer, None)
+        self._closed.set()
 
     def _displace_oldest(self) -> bool:
         if not self._displaceable:
             return False
         oldest = next(iter(self._displaceable))
-        del self._displaceable[oldest]
-        self._connections.discard(oldest)
+        self._forget(oldest)
         oldest.transport.abort()
         return True
 

@@ -115,7 +115,7 @@ asyncio.run(main())
 
 
 async def test_metrics_answers_during_a_flood_of_slow_header_clients():
-    fd_limit = server_module.MAX_CONNECTIONS + 32
+    fd_limit = server_module.MAX_CONNECTIONS + 12
     child = await asyncio.create_subprocess_exec(
         sys.executable, "-c", CHILD, server_module.__name__, str(fd_limit),
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL)
