@@ -259,7 +259,7 @@ def count_reports(detector, values, wall_ms):
     cdef long long newest_ms = MAX_TS_MS - 1
     if wall_ms is not None and wall_ms + config.max_future_ms < newest_ms:
         newest_ms = wall_ms + config.max_future_ms
-    cdef long long observed_wall_ms = wall_ms if wall_ms is not None else 0
+    cdef long long observed_wall_ms = wall_ms if wall_ms is not None else -1
     # 0 stands for "nothing closed yet": every timestamp is later.
     cdef long long next_close_ms = detector.next_close_ms or 0
     cdef BucketCounter counter = detector.counter

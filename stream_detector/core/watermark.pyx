@@ -9,6 +9,15 @@ close. So after `idle_timeout` of wall time without new event time, event
 time is assumed to advance with the wall clock from where it stood. The wall
 clock is passed in, never read here, so tests move time by hand.
 
+Event time is what producers claim, so one report stamped an hour ahead
+would move the watermark an hour ahead: every open bucket would close early
+and every honest report after it would be late. So, when a wall clock is
+given, the clock takes no event time beyond the wall clock plus the allowed
+lateness; such a report still counts in its own bucket, which closes when
+time gets there. The lateness is the bound because a report stamped at the
+wall clock can never be late under it. A replay without a wall clock (a
+backtest) takes event time as it comes.
+
 Compiled because the counting loop asks it about every report
 (`observe`, `passed`).
 """
@@ -34,10 +43,12 @@ cdef class EventClock:
         self.wall_at_max_ms = 0
 
     cdef void observe(self, long long event_ms, long long wall_ms) noexcept:
-        """A report of `event_ms` counted at `wall_ms`."""
+        """A report of `event_ms` counted at `wall_ms` (negative: no wall clock)."""
+        if wall_ms >= 0 and event_ms > wall_ms + self.lateness_ms:
+            event_ms = wall_ms + self.lateness_ms
         if event_ms > self._max_event_ms:
             self._max_event_ms = event_ms
-            self.wall_at_max_ms = wall_ms
+            self.wall_at_max_ms = wall_ms if wall_ms >= 0 else 0
 
     cdef bint passed(self, long long bucket_end_ms) noexcept:
         """Whether event time alone has closed the bucket ending at `bucket_end_ms`, so

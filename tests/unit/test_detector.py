@@ -72,6 +72,30 @@ def test_wall_clock_closes_buckets_of_a_quiet_partition():
     assert [b.start_ms for b in closed] == [T0]
 
 
+def test_a_report_stamped_ahead_of_the_wall_clock_does_not_make_honest_ones_late():
+    d = detector(idle_timeout_ms=10_000)
+    wall = T0 + 30_000
+    # Within max_future (an hour), so it is a report, not an error.
+    assert d.add(report(ts=T0 + 55 * MINUTE), wall_ms=wall) == ACCEPTED
+    assert d.advance(wall_ms=wall) == []  # the watermark did not jump ahead
+    for k in range(5):
+        assert d.add(report(ts=wall + k * 1_000), wall_ms=wall + k * 1_000) == ACCEPTED
+    # Honest time moves on; the first minute closes with its five reports, and
+    # the early report waits in its own bucket until time gets there.
+    assert d.add(report(ts=T0 + 2 * MINUTE), wall_ms=T0 + 2 * MINUTE) == ACCEPTED
+    closed = d.advance(wall_ms=T0 + 2 * MINUTE)
+    assert [(b.start_ms, b.counts["x"][0]) for b in closed] == [(T0, 5)]
+    later = d.advance(wall_ms=T0 + 57 * MINUTE)  # quiet since: the wall clock closes them
+    assert [(b.start_ms, b.counts["x"][0]) for b in later if "x" in b.counts] == [
+        (T0 + 2 * MINUTE, 1), (T0 + 55 * MINUTE, 1)]
+
+
+def test_without_a_wall_clock_event_time_is_taken_as_it_comes():
+    d = detector()
+    d.add(report(ts=T0 + 55 * MINUTE))
+    assert d.add(report(ts=T0 + 30_000)) == LATE  # a replay: the file's order is the truth
+
+
 def test_reporter_counts_once_per_service_per_hour():
     d = detector()
     assert d.add(report(ts=T0 + 1, reporter="a")) == ACCEPTED
