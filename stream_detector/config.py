@@ -174,6 +174,22 @@ def _http_url(value: Any, setting: str) -> str | None:
     return url
 
 
+def _grafana_url(value: Any, setting: str) -> str | None:
+    """A base URL the board puts in every browser's links, so it carries no
+    credentials (every visitor would read them) and no query or fragment (the
+    dashboard path is appended to it)."""
+    url = _http_url(value, setting)
+    if url is not None:
+        parts = urlsplit(url)
+        if parts.username is not None or parts.password is not None:
+            raise ConfigError(f"setting {setting}: {url!r} holds credentials, which the board"
+                              " would show to every visitor; give the URL without them")
+        if parts.query or parts.fragment:
+            raise ConfigError(f"setting {setting}: {url!r} has a query or fragment; give"
+                              " Grafana's base URL, like http://grafana:3000")
+    return url
+
+
 _URL_EXAMPLES = {"grafana_url": "http://grafana:3000"}
 
 
@@ -334,7 +350,7 @@ class Settings:
     board_host: str = _setting("0.0.0.0", _text)
     board_port: int = _setting(DEFAULT_BOARD_PORT, _whole, low=0, high=65535)
     board_recent: float = _setting(DAY, parse_duration, low=60.0, high=30 * DAY)
-    grafana_url: str | None = _setting(None, _http_url)
+    grafana_url: str | None = _setting(None, _grafana_url)
     # The correlate stage (`stream-detector correlate`, or inside `run` with
     # correlate = true): incidents of several services at once become one
     # outage event on outages_topic (core/correlate.py says how it decides).

@@ -265,6 +265,8 @@ class BoardServer(HttpServer):
             # (even as %2E%2E) before it asks.
             name = (unquote(path.removeprefix("/api/v1/services/")) if path != "/api/v1/services"
                     else _one(query, "service") or "")
+            if not name:
+                return _error(400, "name a service: /api/v1/services/NAME or ?service=NAME")
             detail = self.view.service(name)
             if detail is None:
                 return _error(404, "no incident of this service on the board")

@@ -81,3 +81,6 @@ def test_a_service_named_dot_dot_is_asked_for_by_query():
     assert status == 200
     assert orjson.loads(body)["service"] == ".."
     assert server.answer(b"/api/v1/services?service=other")[0] == 404
+    for unnamed in (b"/api/v1/services", b"/api/v1/services?service=", b"/api/v1/services/"):
+        status, _, body, _ = server.answer(unnamed)
+        assert status == 400 and b"name a service" in body, unnamed

@@ -100,6 +100,10 @@ PROBE = [
     ('outages_topic = "o:1"', "outages_topic", "is not a Kafka topic name"),
     ('alertmanager_url = "alertmanager:9093"', "alertmanager_url", "is not a URL"),
     ('alertmanager_url = "http://"', "alertmanager_url", "is not a URL"),
+    # The board shows grafana_url to every browser and appends the dashboard's path.
+    ('grafana_url = "http://admin:secret@grafana:3000"', "grafana_url", "holds credentials"),
+    ('grafana_url = "http://grafana:3000/?orgId=1"', "grafana_url", "has a query or fragment"),
+    ('grafana_url = "http://grafana:3000/#top"', "grafana_url", "has a query or fragment"),
     # Settings that only mean something together.
     ('sasl_username = "u"', "sasl_username", "does not use SASL"),
     ('security_protocol = "SASL_SSL"', "sasl_mechanism", "SASL_SSL needs it"),
