@@ -8,7 +8,7 @@ values, so 100,000 services do not become 100,000 series per metric.
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import errno
 import heapq
 import socket
 from collections.abc import Callable, Iterable, Iterator
@@ -378,8 +378,10 @@ MAX_CONNECTIONS = 64
 # server is at its cap.
 LISTEN_BACKLOG = 64
 # When accept() fails for want of descriptors (the Kafka clients share the
-# limit), wait this long or until a connection closes, instead of spinning.
+# limit) and the server holds none to give back, it waits this long instead of
+# spinning.
 ACCEPT_RETRY_SECONDS = 0.1
+OUT_OF_DESCRIPTORS = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
 # After an error answer the server keeps reading, and discarding, for a moment
 # before it closes (RFC 9112, section 9.6): closing with a request still
 # arriving makes the kernel send a reset, which can destroy the answer before
@@ -401,14 +403,15 @@ class HttpServer:
     knows nothing of health, and a web framework would be a dependency for
     a handful of routes. One request per connection (`Connection: close`), GET and
     HEAD only, and every phase of a connection bounded by the limits above.
-    The server accepts a connection only when it holds fewer than
-    `max_connections`: at the cap it first displaces the oldest connection
+    The server accepts one connection at a time, and one that takes it past
+    `max_connections` displaces the oldest connection
     that has not finished sending its request (or is being answered with an
     error), which is where slow and hostile clients sit, while a scrape passes
-    through that state in a millisecond. When every connection is busy sending
-    an answer, new ones wait in the kernel's backlog until one finishes. So the
-    descriptors it holds never pass the cap, however fast a flood arrives
-    (asyncio's own server accepts a burst before any handler can run).
+    through that state in a millisecond; when every connection is being
+    answered, the oldest of them, a reader that slow, is displaced. So the
+    descriptors it holds never pass the cap by more than one, however fast a flood arrives
+    (asyncio's own server accepts a burst before any handler can run), and a
+    probe is answered even while slow readers hold every connection.
     """
 
     def __init__(
@@ -427,11 +430,11 @@ class HttpServer:
         self.linger = linger
         self._listeners: list[socket.socket] = []
         self._accepting: list[asyncio.Task] = []
-        self._connections: set[asyncio.StreamWriter] = set()
+        # Every connection, and the displaceable ones, oldest first (a dict keeps
+        # insertion order).
+        self._connections: dict[asyncio.StreamWriter, None] = {}
         self._handlers: set[asyncio.Task] = set()
-        # The displaceable connections, oldest first (a dict keeps insertion order).
         self._displaceable: dict[asyncio.StreamWriter, None] = {}
-        self._closed = asyncio.Event()  # set whenever a connection ends
 
     async def start(self, host: str, port: int) -> int:
         """Listen on every address `host` names; returns the port (chosen when `port` is 0)."""
@@ -470,21 +473,21 @@ class HttpServer:
     async def _accept_loop(self, listener: socket.socket) -> None:
         loop = asyncio.get_running_loop()
         while True:
-            if len(self._connections) >= self.max_connections and not self._displace_oldest():
-                await self._wait_for_a_close(None)
-                continue
             try:
                 connection, _ = await loop.sock_accept(listener)
-            except OSError:  # out of descriptors, or the client left before accept
-                if not self._displace_oldest():
-                    await self._wait_for_a_close(ACCEPT_RETRY_SECONDS)
-                continue
+            except OSError as exc:
+                if exc.errno in OUT_OF_DESCRIPTORS:
+                    # The displaced socket closes on the loop's next turn.
+                    await asyncio.sleep(0 if self._displace_oldest() else ACCEPT_RETRY_SECONDS)
+                continue  # or the client left before it was accepted
+            if len(self._connections) >= self.max_connections:
+                self._displace_oldest()  # its socket closes while the new one is set up
             try:
                 reader, writer = await self._streams(connection)
             except OSError:
                 connection.close()
                 continue
-            self._connections.add(writer)
+            self._connections[writer] = None
             self._displaceable[writer] = None
             handler = asyncio.create_task(self._handle(reader, writer))
             self._handlers.add(handler)
@@ -500,11 +503,6 @@ class HttpServer:
         transport, _ = await loop.connect_accepted_socket(lambda: protocol, connection)
         return reader, asyncio.StreamWriter(transport, protocol, reader, loop)
 
-    async def _wait_for_a_close(self, timeout: float | None) -> None:
-        self._closed.clear()
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._closed.wait(), timeout)
-
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             await self._serve(reader, writer)
@@ -516,14 +514,16 @@ class HttpServer:
                 writer.transport.abort()
 
     def _forget(self, writer: asyncio.StreamWriter) -> None:
-        self._connections.discard(writer)
+        self._connections.pop(writer, None)
         self._displaceable.pop(writer, None)
-        self._closed.set()
 
     def _displace_oldest(self) -> bool:
-        if not self._displaceable:
+        """Drop the oldest connection still sending its request or being refused, or
+        failing that, the oldest being answered: when `max_connections` others
+        arrived while it was answered, it reads far slower than any scraper."""
+        oldest = next(iter(self._displaceable or self._connections), None)
+        if oldest is None:
             return False
-        oldest = next(iter(self._displaceable))
         self._forget(oldest)
         oldest.transport.abort()
         return True

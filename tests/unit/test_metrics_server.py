@@ -148,6 +148,37 @@ async def test_a_full_server_displaces_its_oldest_slow_client():
             await stop_all(clients)
 
 
+class BigAnswers(server_module.HttpServer):
+    """Answers /big with 16 MiB, more than the kernel's socket buffers take, and
+    anything else with a few bytes."""
+
+    def answer(self, target: bytes) -> tuple[int, str, bytes, bytes]:
+        body = b"x" * (16 * ONE_MB) if target == b"/big" else b"small\n"
+        return 200, "text/plain", body, b""
+
+
+async def test_slow_readers_holding_every_connection_do_not_shut_out_a_probe():
+    server = BigAnswers(max_connections=3, write_timeout=60.0)
+    port = await server.start("127.0.0.1", 0)
+    readers = []
+    try:
+        for _ in range(3):  # each takes the head of its answer, then stops reading
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(b"GET /big HTTP/1.1\r\n\r\n")
+            assert await asyncio.wait_for(reader.readexactly(15), DEADLINE) == b"HTTP/1.1 200 OK"
+            readers.append((reader, writer))
+        answer = await asyncio.wait_for(exchange(port, b"GET /small HTTP/1.1\r\n\r\n"), DEADLINE)
+        assert answer.startswith(b"HTTP/1.1 200 OK\r\n") and answer.endswith(b"small\n")
+        # The oldest slow reader made room: its answer ends short of 16 MiB.
+        with contextlib.suppress(ConnectionError):
+            rest = await asyncio.wait_for(readers[0][0].read(), DEADLINE)
+            assert len(rest) < 16 * ONE_MB
+    finally:
+        for _, writer in readers:
+            writer.close()
+        await server.stop()
+
+
 async def stream_head(port: int, chunks, sent: asyncio.Event) -> bytes:
     """Write `chunks` as a request head, then read the answer up to the server's close."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
