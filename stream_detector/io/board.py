@@ -27,13 +27,15 @@ from urllib.parse import parse_qs, quote, unquote, urlsplit
 
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.errors import KafkaError
+from aiokafka.errors import KafkaError, NoOffsetForPartitionError, OffsetOutOfRangeError
 
 from stream_detector.config import Settings
 from stream_detector.core.board_view import BadMessage, BoardView
+from stream_detector.io.checkpoint import Position
 from stream_detector.io.clients import CONSUMER_FETCH, start_client, stop_client, watch_broker
 from stream_detector.io.listening import start_listening
 from stream_detector.io.metrics import HttpServer
+from stream_detector.io.reports_log import ReportsLog, record_mark
 
 log = logging.getLogger("stream_detector.board")
 
@@ -44,6 +46,9 @@ PAGE_ROWS = 200
 # A new topic (the outages topic, once a correlate stage first publishes) is
 # seen at the next metadata refresh; aiokafka's default waits five minutes.
 METADATA_MAX_AGE_MS = 30_000
+# How often the board reads back a record of each partition to see that the
+# broker still has the logs it read (see BoardFeed._read).
+LOG_CHECK_EVERY_S = 5.0
 # At most one warning per reason this often about messages skipped, with the count.
 SKIP_WARNING_EVERY_S = 60.0
 
@@ -67,6 +72,12 @@ class BoardFeed:
         self._assigned = False
         self._warned_at: dict[str, float] = {}
         self._skipped_since: dict[str, int] = {}
+        # Where each partition was read to, with a mark of a record read (as the
+        # detector keeps for its reports): a broker that came back with other
+        # logs between two of the watch's looks is found by reading it back.
+        self._read: dict[TopicPartition, Position] = {}
+        self._log: ReportsLog | None = None
+        self._checked_at = time.monotonic()
 
     def caught_up(self) -> bool:
         """Whether the view holds every message that was on the topics when the
@@ -79,7 +90,9 @@ class BoardFeed:
             **self.settings.kafka_client_options(),
             group_id=None,
             enable_auto_commit=False,
-            auto_offset_reset="earliest",
+            # A position outside its log is a sign of new logs (see run), not
+            # something to skip past silently.
+            auto_offset_reset="none",
             metadata_max_age_ms=METADATA_MAX_AGE_MS,
             **CONSUMER_FETCH,
         )
@@ -93,22 +106,54 @@ class BoardFeed:
             raise
         self.connected = True
         watching = asyncio.create_task(watch_broker(consumer, stop, self._set_connected))
+        self._log = ReportsLog(consumer, self.settings.kafka_client_options())
         try:
             while not stop.is_set():
                 if self._rebuild_due:
                     await self._rebuild(consumer)
-                batch = await consumer.getmany(timeout_ms=500, max_records=MAX_BATCH)
+                try:
+                    batch = await consumer.getmany(timeout_ms=500, max_records=MAX_BATCH)
+                except NoOffsetForPartitionError as exc:  # first read of a partition
+                    await consumer.seek_to_beginning(*exc.args)
+                    continue
+                except OffsetOutOfRangeError as exc:
+                    # The broker came back with other logs faster than the watch
+                    # noticed it was gone: read them again like a reconnect does.
+                    log.warning("a position is outside its log", extra={
+                        "positions": {f"{tp.topic}/{tp.partition}": offset
+                                      for tp, offset in exc.args[0].items()}})
+                    self._rebuild_due = True
+                    continue
                 target = self._next or self.view
                 for tp, messages in batch.items():
                     apply = self._topics[tp.topic]
                     for message in messages:
                         self._apply(target, apply, message)
+                    if messages:
+                        self._read[tp] = Position(messages[-1].offset + 1,
+                                                  record_mark(messages[0]))
                 await self._track_progress(consumer)
+                await self._check_logs()
         finally:
             watching.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await watching
+            await self._log.stop()
             await stop_client(consumer)
+
+    async def _check_logs(self) -> None:
+        """Every LOG_CHECK_EVERY_S, whether the logs still hold the records read."""
+        if time.monotonic() - self._checked_at < LOG_CHECK_EVERY_S or not self.connected:
+            return
+        self._checked_at = time.monotonic()
+        try:
+            other = await self._log.unmatched(self._read)
+        except KafkaError:
+            return  # asked again at the next check
+        if other:
+            log.warning("a topic's log no longer holds the records read", extra={
+                "partitions": [f"{tp.topic}/{tp.partition}" for tp in other]})
+            self._rebuild_due = True
 
     def _set_connected(self, connected: bool) -> None:
         if connected and not self.connected:
@@ -119,13 +164,14 @@ class BoardFeed:
         """Read both topics again from their beginning into a fresh view: the logs
         the broker came back with may not be the ones the view was folded from."""
         self._rebuild_due = False
+        self._read.clear()
         self._next = BoardView(self.view.recent_ms, self.view.clock_ms)
         self._ends.clear()
         self._behind.clear()
         self._assigned = False
         if consumer.assignment():
             await consumer.seek_to_beginning()
-        log.warning("broker answers again: reading the topics from their beginning")
+        log.warning("reading the topics again from their beginning")
 
     def _apply(self, view: BoardView, apply: Callable[[BoardView, bytes], bool],
                message) -> None:

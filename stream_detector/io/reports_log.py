@@ -14,7 +14,8 @@ is.
 
 The check reads one record per partition with a consumer of its own, outside
 the group, so the group's fetch positions are never disturbed; it runs once per
-checkpoint (every 10 s by default) and on every restore.
+checkpoint (every 10 s by default) and on every restore. The status board runs
+the same check on the alerts and outages topics it folds.
 """
 
 from __future__ import annotations
